@@ -1,0 +1,3 @@
+"""stackcycler: battery test-bench control software (import root for cycler/, drivers/, protocols/)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Error types and the process exit codes they map to.
+
+Every way a run can end has one exception type here and one exit code, so that scripts,
+cron jobs and CI can tell a finished test from a trip, a fault, bad input or an interruption.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    COMPLETED = 0
+    SOFTWARE_ERROR = 1  # a bug in stackcycler: outputs were still switched off
+    INVALID_INPUT = 2  # bad protocol, bench or option: nothing was switched on
+    SAFETY_TRIP = 3  # a safety limit tripped: outputs off, limit recorded
+    INSTRUMENT_FAULT = 4  # an instrument failed or misbehaved: outputs off, fault recorded
+    INTERRUPTED = 130  # Ctrl+C or SIGTERM: outputs off, data up to the signal kept
+
+
+EXIT_CODE_HELP = """\b
+Exit codes:
+  0    completed
+  1    software error (a bug; outputs were switched off)
+  2    invalid input (protocol, bench or option; nothing was switched on)
+  3    safety trip (outputs off; limit, value and time recorded)
+  4    instrument fault (outputs off; fault recorded)
+  130  interrupted by Ctrl+C or SIGTERM (outputs off; data kept)"""
+
+
+class StackcyclerError(Exception):
+    """Base of every error stackcycler reports to a user."""
+
+    exit_code: ExitCode = ExitCode.SOFTWARE_ERROR
+
+
+class InvalidInput(StackcyclerError):
+    """A file, field or option is wrong. The message names it and what would be accepted."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class InstrumentError(StackcyclerError):
+    """An instrument did not answer, answered nonsense, reported an error or left its expected state."""
+
+    exit_code = ExitCode.INSTRUMENT_FAULT
+
+
+class InstrumentTimeout(InstrumentError):
+    """No reply arrived within the transport's timeout."""
+
+
+class SafetyTrip(StackcyclerError):
+    """A safety-envelope limit was exceeded; carries what tripped."""
+
+    exit_code = ExitCode.SAFETY_TRIP
+
+    def __init__(self, limit: str, value: float, threshold: float, test_time_s: float, where: str = "stack"):
+        self.limit = limit
+        self.value = value
+        self.threshold = threshold
+        self.test_time_s = test_time_s
+        self.where = where
+        super().__init__(
+            f"safety trip: {limit} on {where}: measured {value:.4g}, limit {threshold:.4g} "
+            f"at test time {test_time_s:.1f} s"
+        )
+
+
+class Interrupted(StackcyclerError):
+    """The operator or the system asked the run to stop (Ctrl+C, SIGTERM)."""
+
+    exit_code = ExitCode.INTERRUPTED

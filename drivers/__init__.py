@@ -1,0 +1,1 @@
+"""Instrument drivers (role interfaces, SCPI base, model drivers) and their simulated hardware."""

@@ -1,0 +1,141 @@
+"""Base of every SCPI driver: transport, identity, the error queue, and declarative settings.
+
+A model driver is mostly declarations: one `Setting` per instrument setting, with its set
+command, its query and its allowed range from the manual, so the command set reads at a
+glance and every setpoint is checked before it is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from stackcycler.errors import InstrumentError, InvalidInput
+
+from .transport import MessageTransport
+
+_LEADING_NUMBER = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+def parse_number(reply: str) -> float:
+    """A number at the start of a reply, with any unit suffix ('97.75V', '12.00 V', '+4.2E+00')."""
+    match = _LEADING_NUMBER.match(reply)
+    if match is None:
+        raise InstrumentError(f"expected a number, got {reply!r}")
+    return float(match.group(1))
+
+
+def parse_on_off(reply: str) -> bool:
+    text = reply.strip().upper()
+    if text in ("1", "ON"):
+        return True
+    if text in ("0", "OFF"):
+        return False
+    raise InstrumentError(f"expected ON/OFF or 1/0, got {reply!r}")
+
+
+class Setting:
+    """One instrument setting: `driver.voltage_V = 4.2` checks the range, then sends the command.
+
+    `limits(driver)` returns the allowed (low, high); ranges that depend on the model's ratings
+    are computed from what the driver read at connect.
+    """
+
+    def __init__(self, set_command: str, query: str, doc: str, parse: Callable[[str], Any] = parse_number,
+                 limits: Callable[[Any], tuple[float, float]] | None = None,
+                 to_text: Callable[[Any], str] = str):
+        self.set_command = set_command
+        self.query = query
+        self.parse = parse
+        self.limits = limits
+        self.to_text = to_text
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, driver: "ScpiDriver | None", owner: type) -> Any:
+        if driver is None:
+            return self
+        return self.parse(driver.query(self.query))
+
+    def __set__(self, driver: "ScpiDriver", value: Any) -> None:
+        if self.limits is not None:
+            low, high = self.limits(driver)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                raise InvalidInput(
+                    f"{driver.FRIENDLY_NAME} at {driver.resource}: {self.name} = {value!r} is outside the "
+                    f"model's range {low:g} to {high:g}; nothing was sent"
+                )
+        driver.write_checked(self.set_command.format(self.to_text(value)))
+
+
+class ScpiDriver:
+    FRIENDLY_NAME = "SCPI instrument"
+    MAX_ERRORS_DRAINED = 32
+
+    def __init__(self, transport: MessageTransport):
+        self.transport = transport
+        self.identity = ""
+        self._defer_checks = 0
+        self._last_command = ""
+
+    @property
+    def resource(self) -> str:
+        return self.transport.resource
+
+    def write(self, command: str) -> None:
+        self._last_command = command
+        self.transport.write(command)
+
+    def query(self, command: str) -> str:
+        self._last_command = command
+        return self.transport.query(command).strip()
+
+    def identify(self) -> str:
+        self.identity = self.query("*IDN?")
+        return self.identity
+
+    @staticmethod
+    def error_code(reply: str) -> int:
+        """Leading integer of a SYST:ERR? reply; vendors differ in what follows it."""
+        try:
+            return int(reply.split(",", 1)[0].strip())
+        except ValueError:
+            raise InstrumentError(f"unreadable SYST:ERR? reply {reply!r}") from None
+
+    def check_errors(self) -> None:
+        """Drain the error queue; raise if the instrument reported anything."""
+        errors = []
+        for _ in range(self.MAX_ERRORS_DRAINED):
+            reply = self.transport.query("SYST:ERR?").strip()
+            if self.error_code(reply) == 0:
+                break
+            errors.append(reply)
+        if errors:
+            raise InstrumentError(
+                f"{self.FRIENDLY_NAME} at {self.resource} reported {'; '.join(errors)} "
+                f"(last command sent: {self._last_command!r})"
+            )
+
+    def write_checked(self, command: str) -> None:
+        self.write(command)
+        if not self._defer_checks:
+            self.check_errors()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several settings, one error-queue check at the end."""
+        self._defer_checks += 1
+        try:
+            yield
+        finally:
+            self._defer_checks -= 1
+        if not self._defer_checks:
+            self.check_errors()
+
+    def close(self) -> None:
+        self.transport.close()

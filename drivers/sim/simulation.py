@@ -1,0 +1,46 @@
+"""Build a simulated bench from the `simulation:` block of a bench file: the stack, its
+fixture, the clock, and the simulated instruments wired to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stackcycler.clock import Clock
+
+from ..sensors import PressureFixture
+from .daq970a import Daq970aSimConfig, SimDaq970a
+from .ea_psb import EaPsbSimConfig, SimEaPsb
+from .scpi import ScpiInstrument
+from .stack import StackModel, StackParameters
+from .world import SimWorld
+
+SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Daq970aSimConfig], Field(discriminator="kind")]
+
+_SIMULATORS = {"ea-psb-10000": SimEaPsb, "keysight-daq970a": SimDaq970a}
+
+
+class SimulationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 1
+    stack: StackParameters = StackParameters()
+    fixture: PressureFixture | None = None
+    instruments: dict[str, SimInstrumentConfig]
+
+
+@dataclass
+class Simulation:
+    world: SimWorld
+    instruments: dict[str, ScpiInstrument]
+
+
+def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
+    world = SimWorld(StackModel(config.stack, seed=config.seed), clock, fixture=config.fixture, seed=config.seed)
+    instruments = {
+        name: _SIMULATORS[instrument.kind](world, name, instrument)
+        for name, instrument in config.instruments.items()
+    }
+    return Simulation(world, instruments)

@@ -1,0 +1,159 @@
+"""Physics model of a bipolar (series) multi-layer solid-state stack.
+
+Each layer is an equivalent circuit: OCV(SOC) + series resistance R0 + one RC pair, with its own
+coulomb count. All layers carry the same current (series stack). A lumped thermal model heats
+the stack with the ohmic and polarisation losses, and a pressure model adds the swelling of a
+lithium-metal anode on charge to the fixture's preload.
+
+Sign convention: current is positive for charge (Battery Data Format), as everywhere else.
+
+The numbers are illustrative of a sulfide-electrolyte NMC | Li-metal layer, not measured on a
+particular cell; they are all parameters so a lab can fit its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+GAS_CONSTANT_J_PER_MOL_K = 8.314462618
+KELVIN_OFFSET = 273.15
+
+# OCV of one NMC | Li-metal layer against state of charge. 100 % SOC is the 4.24 V point; the
+# table runs on into overcharge (steeper) and over-discharge so that abuse shows up as a
+# voltage excursion rather than a clipped value.
+OCV_SOC = np.array([-0.10, -0.05, 0.00, 0.02, 0.05, 0.10, 0.20, 0.30, 0.40, 0.50,
+                    0.60, 0.70, 0.80, 0.90, 0.95, 1.00, 1.05, 1.10, 1.15])
+OCV_V = np.array([1.50, 2.40, 3.00, 3.28, 3.43, 3.54, 3.63, 3.70, 3.77, 3.84,
+                  3.91, 3.99, 4.07, 4.15, 4.19, 4.24, 4.42, 4.65, 5.00])
+
+
+class StackParameters(BaseModel):
+    """Parameters of the simulated stack; the `simulation.stack` block of a bench file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: int = Field(23, ge=1, le=500)
+    layer_capacity_Ah: float = Field(2.05, gt=0)
+    capacity_spread: float = Field(0.008, ge=0, lt=0.5, description="relative std. dev. between layers")
+    r0_ohm: float = Field(0.025, gt=0, description="per layer, at the reference temperature")
+    r0_spread: float = Field(0.08, ge=0, lt=0.5)
+    r1_ohm: float = Field(0.015, gt=0)
+    tau1_s: float = Field(40.0, gt=0)
+    interconnect_ohm: float = Field(0.002, ge=0, description="terminals and current collectors, whole stack")
+    coulombic_efficiency: float = Field(0.998, gt=0.5, le=1.0, description="fraction of charge stored")
+    activation_energy_J_per_mol: float = Field(30e3, ge=0, description="Arrhenius factor of R0 and R1")
+    reference_temperature_degC: float = 25.0
+    initial_soc: float = Field(0.02, ge=-0.05, le=1.05)
+    initial_soc_spread: float = Field(0.003, ge=0, lt=0.2)
+    layer_capacity_scale: dict[int, float] = Field(
+        default_factory=dict, description="layer number (1-based) -> capacity factor, e.g. {7: 0.85} for a weak layer"
+    )
+    # lumped thermal model
+    heat_capacity_J_per_K: float = Field(500.0, gt=0)
+    thermal_resistance_K_per_W: float = Field(3.0, gt=0)
+    ambient_degC: float = 25.0
+    # stack pressure in its fixture
+    preload_MPa: float = Field(5.0, ge=0)
+    swelling_MPa_per_soc: float = 1.5
+    thermal_pressure_MPa_per_K: float = 0.02
+
+    @field_validator("layer_capacity_scale")
+    @classmethod
+    def _scale_keys_are_layer_numbers(cls, value: dict[int, float]) -> dict[int, float]:
+        for layer, factor in value.items():
+            if layer < 1:
+                raise ValueError(f"layer numbers start at 1, got {layer}")
+            if factor <= 0:
+                raise ValueError(f"capacity factor of layer {layer} must be > 0, got {factor}")
+        return value
+
+
+class StackModel:
+    """State and dynamics of the stack. `advance(current_A, dt_s)` is the only thing that moves it."""
+
+    def __init__(self, params: StackParameters, seed: int = 1):
+        self.params = params
+        n = params.layers
+        rng = np.random.default_rng(seed)
+        self.capacity_Ah = params.layer_capacity_Ah * (1 + params.capacity_spread * rng.standard_normal(n))
+        for layer, factor in params.layer_capacity_scale.items():
+            if layer > n:
+                raise ValueError(f"layer_capacity_scale names layer {layer}, but the stack has {n} layers")
+            self.capacity_Ah[layer - 1] *= factor
+        self.r0_ref_ohm = params.r0_ohm * np.clip(1 + params.r0_spread * rng.standard_normal(n), 0.2, None)
+        self.r1_ref_ohm = np.full(n, params.r1_ohm)
+        self.soc = params.initial_soc + params.initial_soc_spread * rng.standard_normal(n)
+        self.v_rc = np.zeros(n)
+        self.temperature_degC = params.ambient_degC
+        self.current_A = 0.0
+        # The DUT's own coulomb and energy count: the ground truth that logged data is checked against.
+        self.charged_Ah = 0.0
+        self.discharged_Ah = 0.0
+        self.charged_Wh = 0.0
+        self.discharged_Wh = 0.0
+
+    @property
+    def layers(self) -> int:
+        return self.params.layers
+
+    def _arrhenius(self) -> float:
+        t_k = self.temperature_degC + KELVIN_OFFSET
+        t_ref = self.params.reference_temperature_degC + KELVIN_OFFSET
+        return math.exp(self.params.activation_energy_J_per_mol / GAS_CONSTANT_J_PER_MOL_K * (1 / t_k - 1 / t_ref))
+
+    def layer_ocv_V(self) -> np.ndarray:
+        return np.interp(self.soc, OCV_SOC, OCV_V)
+
+    def layer_r0_ohm(self) -> np.ndarray:
+        return self.r0_ref_ohm * self._arrhenius()
+
+    def thevenin(self) -> tuple[float, float]:
+        """(source voltage, series resistance) of the whole stack as seen at its terminals."""
+        emf = float(np.sum(self.layer_ocv_V() + self.v_rc))
+        resistance = float(np.sum(self.layer_r0_ohm())) + self.params.interconnect_ohm
+        return emf, resistance
+
+    def layer_voltages_V(self) -> np.ndarray:
+        return self.layer_ocv_V() + self.v_rc + self.current_A * self.layer_r0_ohm()
+
+    def terminal_voltage_V(self) -> float:
+        return float(np.sum(self.layer_voltages_V())) + self.current_A * self.params.interconnect_ohm
+
+    def pressure_MPa(self) -> float:
+        p = self.params
+        return (p.preload_MPa + p.swelling_MPa_per_soc * float(np.mean(self.soc))
+                + p.thermal_pressure_MPa_per_K * (self.temperature_degC - p.ambient_degC))
+
+    def advance(self, current_A: float, dt_s: float) -> None:
+        """Carry `current_A` (constant, + = charge) for `dt_s` seconds."""
+        if dt_s <= 0:
+            self.current_A = current_A
+            return
+        p = self.params
+        self.current_A = current_A
+        terminal_V = self.terminal_voltage_V()
+        arrhenius = self._arrhenius()
+        r0 = self.r0_ref_ohm * arrhenius
+        r1 = self.r1_ref_ohm * arrhenius
+        # Heat from the ohmic drop and the polarisation of the RC branch.
+        heat_W = current_A**2 * (float(np.sum(r0)) + p.interconnect_ohm) + float(np.sum(self.v_rc**2 / r1))
+
+        stored_Ah = current_A * dt_s / 3600.0
+        if current_A > 0:
+            stored_Ah *= p.coulombic_efficiency
+            self.charged_Ah += current_A * dt_s / 3600.0
+            self.charged_Wh += terminal_V * current_A * dt_s / 3600.0
+        else:
+            self.discharged_Ah += -current_A * dt_s / 3600.0
+            self.discharged_Wh += -terminal_V * current_A * dt_s / 3600.0
+        self.soc = self.soc + stored_Ah / self.capacity_Ah
+
+        decay = math.exp(-dt_s / p.tau1_s)  # exact for constant current over the interval
+        self.v_rc = self.v_rc * decay + current_A * r1 * (1 - decay)
+
+        tau_th = p.heat_capacity_J_per_K * p.thermal_resistance_K_per_W
+        t_steady = p.ambient_degC + heat_W * p.thermal_resistance_K_per_W
+        self.temperature_degC = t_steady + (self.temperature_degC - t_steady) * math.exp(-dt_s / tau_th)

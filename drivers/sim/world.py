@@ -1,0 +1,69 @@
+"""The simulated world of a bench: the stack model, the clock, and what drives its terminals.
+
+Physics is integrated lazily: every simulated instrument calls `sync()` before it reads or
+changes anything, so the stack has carried the old setpoints up to this moment and the reply
+is computed from the state at this moment. Between ticks nothing runs.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Protocol
+
+import numpy as np
+
+from stackcycler.clock import Clock
+
+from ..sensors import PressureFixture
+from .stack import StackModel
+
+# Longest interval integrated with one constant current; well below the RC time constant.
+MAX_STEP_S = 1.0
+
+
+class TerminalSource(Protocol):
+    """A simulated instrument wired to the stack terminals."""
+
+    def current_into_dut(self, emf_V: float, resistance_ohm: float) -> float:
+        """Current (A, + = charge) it drives into a Thevenin source `emf_V` behind `resistance_ohm`."""
+
+
+class SimWorld:
+    def __init__(self, stack: StackModel, clock: Clock, fixture: PressureFixture | None = None, seed: int = 1):
+        self.stack = stack
+        self.clock = clock
+        self.fixture = fixture
+        self.seed = seed
+        self._t = clock.now()
+        self._sources: list[TerminalSource] = []
+
+    def connect(self, source: TerminalSource) -> None:
+        self._sources.append(source)
+
+    def noise_rng(self, instrument_name: str) -> np.random.Generator:
+        """A measurement-noise generator per instrument, reproducible from the world seed."""
+        return np.random.default_rng([self.seed, zlib.crc32(instrument_name.encode())])
+
+    def load_cell_output_V(self) -> float:
+        if self.fixture is None:
+            return 0.0
+        return self.fixture.output_V(self.stack.pressure_MPa())
+
+    def _present_current(self) -> float:
+        emf, resistance = self.stack.thevenin()
+        return sum(source.current_into_dut(emf, resistance) for source in self._sources)
+
+    def sync(self) -> None:
+        """Integrate the stack up to the clock's now, then settle the current to the present setpoints."""
+        now = self.clock.now()
+        dt = now - self._t
+        if dt > 0:
+            steps = max(1, math.ceil(dt / MAX_STEP_S))
+            h = dt / steps
+            for _ in range(steps):
+                self.stack.advance(self._present_current(), h)
+            self._t = now
+        # Instruments regulate in milliseconds, far below a tick: the current follows a
+        # setpoint change at once.
+        self.stack.advance(self._present_current(), 0.0)

@@ -1,0 +1,1 @@
+"""The standard protocol library: data files and their loader."""
