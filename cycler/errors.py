@@ -61,10 +61,8 @@ class SafetyTrip(StackcyclerError):
         self.threshold = threshold
         self.test_time_s = test_time_s
         self.where = where
-        super().__init__(
-            f"safety trip: {limit} on {where}: measured {value:.4g}, limit {threshold:.4g} "
-            f"at test time {test_time_s:.1f} s"
-        )
+        super().__init__(f"{limit} on {where}: measured {value:.6g}, limit {threshold:.6g} "
+                         f"at test time {test_time_s:.1f} s")
 
 
 class Interrupted(StackcyclerError):

@@ -17,14 +17,10 @@ from typing import Sequence
 from stackcycler.errors import InstrumentError
 
 from .roles import MeterChannel, ScanningMeter
-from .scpi import ScpiDriver, parse_number
+from .scpi import ScpiDriver, format_channel_list, parse_number
 
 OVERLOAD_THRESHOLD = 9.0e37
 DCV_RANGES_V = (0.1, 1.0, 10.0, 100.0, 300.0)
-
-
-def channel_list(channels: Sequence[int]) -> str:
-    return "(@" + ",".join(str(c) for c in channels) + ")"
 
 
 class KeysightDaq970a(ScpiDriver, ScanningMeter):
@@ -55,12 +51,12 @@ class KeysightDaq970a(ScpiDriver, ScanningMeter):
                 thermocouple_groups[item.thermocouple_type].append(item.channel)
         with self.batch():
             for range_V, channels in voltage_groups.items():
-                self.write(f"CONF:VOLT:DC {'AUTO' if range_V is None else range_V},{channel_list(channels)}")
+                self.write(f"CONF:VOLT:DC {'AUTO' if range_V is None else range_V},{format_channel_list(channels)}")
             for tc_type, channels in thermocouple_groups.items():
-                self.write(f"CONF:TEMP TC,{tc_type},{channel_list(channels)}")
-                self.write(f"SENS:TEMP:TRAN:TC:RJUN:TYPE INT,{channel_list(channels)}")
+                self.write(f"CONF:TEMP TC,{tc_type},{format_channel_list(channels)}")
+                self.write(f"SENS:TEMP:TRAN:TC:RJUN:TYPE INT,{format_channel_list(channels)}")
             self._channels = sorted(item.channel for item in inputs)
-            self.write(f"ROUT:SCAN {channel_list(self._channels)}")
+            self.write(f"ROUT:SCAN {format_channel_list(self._channels)}")
             self.write("FORM:READ:CHAN ON")
             self.write("TRIG:COUN 1")
             self.write("TRIG:SOUR IMM")

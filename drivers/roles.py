@@ -28,6 +28,7 @@ class BidirectionalSupply(ABC):
     """
 
     identity: str
+    resource: str
 
     @abstractmethod
     def connect(self) -> str:
@@ -80,6 +81,7 @@ class ScanningMeter(ABC):
     """A multiplexed meter (scanning DAQ) read once per tick."""
 
     identity: str
+    resource: str
 
     @abstractmethod
     def connect(self) -> str: ...

@@ -36,6 +36,31 @@ def parse_on_off(reply: str) -> bool:
     raise InstrumentError(f"expected ON/OFF or 1/0, got {reply!r}")
 
 
+def parse_channel_list(text: str) -> list[int]:
+    """'(@101:103,105)' or '101:103,105' -> [101, 102, 103, 105]; ValueError if malformed."""
+    body = text.strip()
+    if body.startswith("(@"):
+        if not body.endswith(")"):
+            raise ValueError(f"channel list {text!r} has no closing parenthesis")
+        body = body[2:-1]
+    channels: list[int] = []
+    for item in body.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        first, _, last = item.partition(":")
+        try:
+            a, b = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"channel list {text!r}: '{item}' is not a channel or a range like 101:120") from None
+        channels.extend(range(min(a, b), max(a, b) + 1))
+    return channels
+
+
+def format_channel_list(channels) -> str:
+    return "(@" + ",".join(str(c) for c in channels) + ")"
+
+
 class Setting:
     """One instrument setting: `driver.voltage_V = 4.2` checks the range, then sends the command.
 

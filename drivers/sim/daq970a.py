@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..scpi import format_channel_list, parse_channel_list
 from .scpi import ScpiError, ScpiInstrument, scpi
 from .world import SimWorld
 
@@ -26,11 +27,6 @@ OVERLOAD = 9.9e37
 SLOTS = (1, 2, 3)
 CHANNELS_PER_CARD = 20  # DAQM901A: 20 two-wire voltage channels per slot
 THERMOCOUPLE_TYPES = ("B", "E", "J", "K", "N", "R", "S", "T")
-
-
-def parse_channel_text(text: str) -> list[int]:
-    """'101:120,201:203' (as written in bench files) -> channel numbers in that order."""
-    return ScpiInstrument.channel_list(f"(@{text})")
 
 
 class Daq970aSimConfig(BaseModel):
@@ -62,7 +58,7 @@ class SimDaq970a(ScpiInstrument):
         self.config = config
         self.IDENTITY = f"Keysight Technologies,DAQ970A,{config.serial},{config.firmware}"
         self._rng = world.noise_rng(name)
-        self._layer_of = {ch: i for i, ch in enumerate(parse_channel_text(config.layer_channels))}
+        self._layer_of = {ch: i for i, ch in enumerate(parse_channel_list(config.layer_channels))}
         for channel in [*self._layer_of, *config.thermocouples, config.load_cell_channel]:
             if channel is not None:
                 self._check_channel(channel)
@@ -125,7 +121,7 @@ class SimDaq970a(ScpiInstrument):
 
     @scpi("ROUTe:SCAN?")
     def _route_scan_q(self, args):
-        body = "(@" + ",".join(str(c) for c in self.scan_list) + ")"
+        body = format_channel_list(self.scan_list)
         return f"#{len(str(len(body)))}{len(body)}{body}"
 
     @scpi("ROUTe:SCAN:SIZE?")

@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ..scpi import parse_channel_list
+
 STANDARD_ERRORS: dict[int, str] = {
     0: "No error",
     -100: "Command error",
@@ -280,21 +282,12 @@ class ScpiInstrument:
     @staticmethod
     def channel_list(arg: str) -> list[int]:
         """'(@101:103,105)' -> [101, 102, 103, 105]."""
-        text = arg.strip()
-        if not (text.startswith("(@") and text.endswith(")")):
+        if not arg.strip().startswith("(@"):
             raise ScpiError(-102)
-        channels: list[int] = []
-        for item in text[2:-1].split(","):
-            item = item.strip()
-            if not item:
-                continue
-            first, _, last = item.partition(":")
-            try:
-                a, b = int(first), int(last or first)
-            except ValueError:
-                raise ScpiError(-102) from None
-            channels.extend(range(min(a, b), max(a, b) + 1))
-        return channels
+        try:
+            return parse_channel_list(arg)
+        except ValueError:
+            raise ScpiError(-102) from None
 
     @staticmethod
     def nr3(value: float) -> str:

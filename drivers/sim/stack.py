@@ -46,8 +46,8 @@ class StackParameters(BaseModel):
     coulombic_efficiency: float = Field(0.998, gt=0.5, le=1.0, description="fraction of charge stored")
     activation_energy_J_per_mol: float = Field(30e3, ge=0, description="Arrhenius factor of R0 and R1")
     reference_temperature_degC: float = 25.0
-    initial_soc: float = Field(0.02, ge=-0.05, le=1.05)
-    initial_soc_spread: float = Field(0.003, ge=0, lt=0.2)
+    initial_soc: float = Field(0.003, ge=-0.05, le=1.05, description="default: where a C/3 discharge to 3.0 V leaves a layer")
+    initial_soc_spread: float = Field(0.002, ge=0, lt=0.2)
     layer_capacity_scale: dict[int, float] = Field(
         default_factory=dict, description="layer number (1-based) -> capacity factor, e.g. {7: 0.85} for a weak layer"
     )

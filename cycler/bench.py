@@ -1,0 +1,210 @@
+"""Bench files: which instruments, how they are wired to each channel, and the DUT on it.
+
+A bench file names its instruments (driver + VISA resource), its channels (a supply, the
+meter inputs for layer voltages, temperatures and pressure, the tick period) and the DUT on
+each channel (layers, capacity, operating voltages, absolute safety limits). A simulated
+bench adds a `simulation:` block and uses `sim://NAME` resources. `extends: BASE` starts from
+another bench (a built-in name or a path) and overrides what it lists.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stackcycler.drivers.registry import DRIVERS, METER_DRIVERS, SUPPLY_DRIVERS
+from stackcycler.drivers.scpi import parse_channel_list
+from stackcycler.drivers.sensors import PressureFixture
+from stackcycler.drivers.sim.simulation import SimulationConfig
+from stackcycler.drivers.transport import DEFAULT_TIMEOUT_S, SIM_SCHEME
+
+from .errors import InvalidInput
+from .safety import SafetyLimits
+from .validation import parse_yaml, read_text, validate_data
+
+MAX_EXTENDS_DEPTH = 8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DutSpec(_Strict):
+    """The device under test on a channel."""
+
+    id: str
+    description: str = ""
+    layers: int = Field(1, ge=1, description="cells in series (bipolar stack)")
+    nominal_capacity_Ah: float | None = Field(None, gt=0, description="needed for C-rates")
+    charge_voltage_V: float | None = Field(None, gt=0, description="end-of-charge stack voltage")
+    discharge_voltage_V: float | None = Field(None, gt=0, description="end-of-discharge stack voltage")
+    safety: SafetyLimits = SafetyLimits()
+
+
+class InstrumentConfig(_Strict):
+    driver: str
+    resource: str = Field(description="VISA resource string, or sim://NAME on a simulated bench")
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value not in DRIVERS:
+            raise ValueError(f"unknown driver '{value}'; drivers: {', '.join(sorted(DRIVERS))}")
+        return value
+
+
+class LayerVoltageInputs(_Strict):
+    meter: str
+    channels: str = Field(description="meter channels of layers 1..N in order, e.g. '101:120,201:203'")
+    range_V: float | None = Field(10.0, description="DC voltage range; null for autorange")
+
+    def channel_numbers(self) -> list[int]:
+        return parse_channel_list(self.channels)
+
+
+class TemperatureInput(_Strict):
+    meter: str
+    channel: int
+    sensor: str = Field(description="T1..T5 for sensors on the DUT, or 'ambient'")
+    thermocouple_type: str = "K"
+
+    @field_validator("sensor")
+    @classmethod
+    def _sensor_name(cls, value: str) -> str:
+        if value != "ambient" and not (len(value) == 2 and value[0] == "T" and value[1] in "12345"):
+            raise ValueError(f"sensor '{value}': use T1, T2, T3, T4, T5 (on the DUT) or ambient")
+        return value
+
+
+class PressureInput(_Strict):
+    meter: str
+    channel: int
+    range_V: float | None = 0.1
+    fixture: PressureFixture
+
+
+class ChannelConfig(_Strict):
+    supply: str
+    tick_s: float = Field(1.0, gt=0, description="control and measurement period")
+    layer_voltages: LayerVoltageInputs | None = None
+    temperatures: list[TemperatureInput] = Field(default_factory=list)
+    pressure: PressureInput | None = None
+    dut: DutSpec
+
+    @model_validator(mode="after")
+    def _wiring_matches_dut(self) -> "ChannelConfig":
+        if self.layer_voltages is not None:
+            count = len(self.layer_voltages.channel_numbers())
+            if count != self.dut.layers:
+                raise ValueError(f"layer_voltages.channels lists {count} channels but dut.layers is {self.dut.layers}")
+        sensors = [t.sensor for t in self.temperatures]
+        duplicates = sorted({s for s in sensors if sensors.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"temperature sensor names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def meter_names(self) -> set[str]:
+        names = {t.meter for t in self.temperatures}
+        if self.layer_voltages:
+            names.add(self.layer_voltages.meter)
+        if self.pressure:
+            names.add(self.pressure.meter)
+        return names
+
+
+class BenchConfig(_Strict):
+    name: str
+    description: str = ""
+    simulation: SimulationConfig | None = None
+    instruments: dict[str, InstrumentConfig]
+    channels: dict[str, ChannelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "BenchConfig":
+        for channel_name, channel in self.channels.items():
+            roles = [("supply", channel.supply, SUPPLY_DRIVERS)]
+            roles += [("meter", meter, METER_DRIVERS) for meter in sorted(channel.meter_names())]
+            for role, name, accepted in roles:
+                instrument = self.instruments.get(name)
+                if instrument is None:
+                    raise ValueError(f"channel '{channel_name}': {role} '{name}' is not among the instruments "
+                                     f"({', '.join(self.instruments)})")
+                if instrument.driver not in accepted:
+                    raise ValueError(f"channel '{channel_name}': instrument '{name}' ({instrument.driver}) cannot "
+                                     f"act as a {role}; {role} drivers: {', '.join(accepted)}")
+        simulated = set(self.simulation.instruments) if self.simulation else set()
+        for name, instrument in self.instruments.items():
+            if instrument.resource.startswith(SIM_SCHEME):
+                target = instrument.resource[len(SIM_SCHEME):]
+                if target not in simulated:
+                    raise ValueError(f"instrument '{name}': {instrument.resource} names no simulated instrument; "
+                                     f"simulated: {', '.join(sorted(simulated)) or 'none (no simulation block)'}")
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        return self.simulation is not None
+
+
+# --- finding and loading bench files ------------------------------------------------------
+
+
+def builtin_benches() -> dict[str, Path]:
+    folder = resources.files("stackcycler") / "benches"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_bench(name_or_path: str, relative_to: Path | None = None) -> Path:
+    candidate = Path(name_or_path)
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
+    if candidate.is_file():
+        return candidate
+    builtin = builtin_benches()
+    if name_or_path in builtin:
+        return builtin[name_or_path]
+    raise InvalidInput(f"unknown bench '{name_or_path}': not a bench file and not a built-in bench; "
+                       f"built-in benches: {', '.join(sorted(builtin))}")
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = copy.deepcopy(base)
+        for key, value in override.items():
+            merged[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def _load_bench_data(path: Path, depth: int = 0) -> tuple[dict, dict, str]:
+    text = read_text(path, "bench")
+    data, lines = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: a bench file is a mapping of fields (name, instruments, channels, ...)")
+    base_name = data.pop("extends", None)
+    if base_name is not None:
+        if depth >= MAX_EXTENDS_DEPTH:
+            raise InvalidInput(f"{path}: 'extends' nests deeper than {MAX_EXTENDS_DEPTH} benches (a loop?)")
+        base, _, _ = _load_bench_data(resolve_bench(str(base_name), path.parent), depth + 1)
+        data = _merge(base, data)
+    return data, lines, text
+
+
+@dataclass(frozen=True)
+class BenchFile:
+    config: BenchConfig
+    path: Path
+    text: str  # the file as written (its `extends` base is recorded by name in the text)
+    resolved: dict = field(default_factory=dict)  # the merged data the config was validated from
+
+
+def load_bench(name_or_path: str) -> BenchFile:
+    path = resolve_bench(name_or_path)
+    data, lines, text = _load_bench_data(path)
+    return BenchFile(validate_data(BenchConfig, data, str(path), lines), path, text, data)

@@ -1,0 +1,115 @@
+"""Progress while a run goes: a live view on a terminal, plain timestamped lines otherwise.
+
+Both refresh on wall time, not per tick, so a simulated run at full speed is not slowed by
+its own display.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .runner import RunOutcome, RunStatus
+
+LIVE_REFRESH_S = 0.2
+PLAIN_INTERVAL_S = 30.0
+
+
+def clock_text(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def status_line(status: RunStatus) -> str:
+    return (f"step {status.step_count}/{status.steps_total} {status.step.name} | "
+            f"V {status.voltage_V:.3f} V | I {status.current_A:+.4f} A | "
+            f"step charge {status.step_charge_Ah:+.4f} Ah | test time {clock_text(status.test_time_s)} | "
+            f"step ~{status.step_progress:.0%} | overall ~{status.overall_progress:.0%}")
+
+
+class PlainReporter:
+    """Timestamped lines for logs: every step start, then every PLAIN_INTERVAL_S of wall time."""
+
+    def __init__(self, stream: TextIO = sys.stdout, interval_s: float = PLAIN_INTERVAL_S):
+        self.stream = stream
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def _print(self, text: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{stamp} {text}", file=self.stream, flush=True)
+
+    def step_started(self, status: RunStatus) -> None:
+        self._print(f"start step {status.step_count}/{status.steps_total} {status.step.name}: "
+                    f"{status.step.setpoint()}; ends on " + ", ".join(e.describe() for e in status.step.ends))
+        self._last = time.monotonic()
+
+    def tick(self, status: RunStatus) -> None:
+        if time.monotonic() - self._last >= self.interval_s:
+            self._print(status_line(status))
+            self._last = time.monotonic()
+
+    def finished(self, outcome: RunOutcome) -> None:
+        pass
+
+
+class LiveReporter:
+    """A rich live panel on a terminal."""
+
+    def __init__(self, console: Console, title: str):
+        self.console = console
+        self.title = title
+        self._live: Live | None = None
+        self._last = 0.0
+
+    def _render(self, status: RunStatus) -> Group:
+        table = Table.grid(padding=(0, 2))
+        table.add_row(Text(f"step {status.step_count}/{status.steps_total}", style="bold"),
+                      Text(f"{status.step.name}: {status.step.setpoint()}"))
+        table.add_row("voltage", f"{status.voltage_V:9.3f} V")
+        table.add_row("current", f"{status.current_A:+9.4f} A")
+        table.add_row("step charge", f"{status.step_charge_Ah:+9.4f} Ah")
+        table.add_row("test time", clock_text(status.test_time_s))
+        table.add_row("step", Group(ProgressBar(total=1.0, completed=status.step_progress, width=40),
+                                    Text(f"~{status.step_progress:.0%}")))
+        table.add_row("overall", Group(ProgressBar(total=1.0, completed=status.overall_progress, width=40),
+                                       Text(f"~{status.overall_progress:.0%}")))
+        return Group(Text(self.title, style="bold cyan"), table)
+
+    def step_started(self, status: RunStatus) -> None:
+        if self._live is None:
+            self._live = Live(self._render(status), console=self.console, refresh_per_second=8, transient=False)
+            self._live.start()
+        self.console.print(f"[dim]{clock_text(status.test_time_s)}[/dim] step {status.step_count}: "
+                           f"{status.step.name} ({status.step.setpoint()})")
+        self._live.update(self._render(status))
+
+    def tick(self, status: RunStatus) -> None:
+        now = time.monotonic()
+        if self._live is not None and now - self._last >= LIVE_REFRESH_S:
+            self._live.update(self._render(status))
+            self._last = now
+
+    def finished(self, outcome: RunOutcome) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+class SilentReporter:
+    def step_started(self, status: RunStatus) -> None:
+        pass
+
+    def tick(self, status: RunStatus) -> None:
+        pass
+
+    def finished(self, outcome: RunOutcome) -> None:
+        pass
