@@ -204,8 +204,12 @@ class Runner:
         self._record(sample, row, forced=self._force_record or end is not None)
         self._force_record = False
 
-        if end is not None and self._end_step(sample, step, step_time, end):
-            return True
+        if end is not None:
+            # A supply that tripped its own protection drops the current to zero, which looks
+            # just like a CV taper ending: confirm the instruments first, so it is a fault, not an end.
+            self.channel.check_health()
+            if self._end_step(sample, step, step_time, end):
+                return True
         self.channel.apply(command_for(self.plan.steps[self.step_index], self.plan.envelope,
                                        self.channel.supply.ratings))
         if end is not None or sample.test_time_s >= self._next_health_check:
