@@ -123,14 +123,22 @@ def print_plan(plan: Plan, bench_name: str, channel_name: str) -> None:
         console.print(plan.protocol.description.strip())
     if plan.parameters:
         console.print("parameters: " + ", ".join(f"{k} = {v:g}" for k, v in plan.parameters.items()))
-    table = Table(show_lines=False)
-    for header in ("#", "step", "setpoint", "ends when (first wins)", "time bound", "expected"):
-        table.add_column(header)
+    rows = []
     for step in plan.steps:
         ends = "; ".join(e.describe() for e in step.ends[:-1]) or "—"
         bound = format_duration(step.time_bound_s) + (" (default)" if step.time_bound_is_default else "")
-        table.add_row(str(step.number), step.name, step.setpoint(), ends, bound, "≈ " + format_duration(step.expected_s))
-    console.print(table)
+        rows.append((str(step.number), step.name, step.setpoint(), ends, bound, "≈ " + format_duration(step.expected_s)))
+    if console.is_terminal:
+        table = Table()
+        for header in ("#", "step", "setpoint", "ends when (first wins)", "time bound", "expected"):
+            table.add_column(header)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # one line a step: readable in logs and diffs
+        for number, name, setpoint, ends, bound, expected in rows:
+            console.print(f"{number:>3}. {name}: {setpoint}; ends when {ends}; time bound {bound}; expected {expected}",
+                          markup=False)
     console.print(f"expected duration ≈ {format_duration(plan.expected_duration_s)}; "
                   f"at most {format_duration(plan.worst_case_duration_s)} (every time bound reached)")
     armed = plan.envelope.armed()

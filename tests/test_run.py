@@ -12,7 +12,7 @@ from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 
-from .conftest import events_of, samples_of
+from support import events_of, samples_of
 
 
 def supply_output_on(result) -> bool:
