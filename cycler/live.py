@@ -73,15 +73,15 @@ class LiveReporter:
     def _render(self, status: RunStatus) -> Group:
         table = Table.grid(padding=(0, 2))
         table.add_row(Text(f"step {status.step_count}/{status.steps_total}", style="bold"),
-                      Text(f"{status.step.name}: {status.step.setpoint()}"))
-        table.add_row("voltage", f"{status.voltage_V:9.3f} V")
-        table.add_row("current", f"{status.current_A:+9.4f} A")
-        table.add_row("step charge", f"{status.step_charge_Ah:+9.4f} Ah")
-        table.add_row("test time", clock_text(status.test_time_s))
-        table.add_row("step", Group(ProgressBar(total=1.0, completed=status.step_progress, width=40),
-                                    Text(f"~{status.step_progress:.0%}")))
-        table.add_row("overall", Group(ProgressBar(total=1.0, completed=status.overall_progress, width=40),
-                                       Text(f"~{status.overall_progress:.0%}")))
+                      Text(f"{status.step.name}: {status.step.setpoint()}"), "")
+        table.add_row("voltage", f"{status.voltage_V:9.3f} V", "")
+        table.add_row("current", f"{status.current_A:+9.4f} A", "")
+        table.add_row("step charge", f"{status.step_charge_Ah:+9.4f} Ah", "")
+        table.add_row("test time", clock_text(status.test_time_s), "")
+        table.add_row("step", ProgressBar(total=1.0, completed=status.step_progress, width=40),
+                      f"~{status.step_progress:.0%}")
+        table.add_row("overall", ProgressBar(total=1.0, completed=status.overall_progress, width=40),
+                      f"~{status.overall_progress:.0%}")
         return Group(Text(self.title, style="bold cyan"), table)
 
     def step_started(self, status: RunStatus) -> None:

@@ -289,7 +289,8 @@ class Runner:
 
     def _status(self, sample: Sample) -> RunStatus:
         step = self.plan.steps[self.step_index]
-        step_time = sample.test_time_s - (self.step_started_at or sample.test_time_s)
+        started = sample.test_time_s if self.step_started_at is None else self.step_started_at
+        step_time = sample.test_time_s - started
         step_progress = min(step_time / step.expected_s, 0.99) if step.expected_s > 0 else 0.0
         done = sum(s.expected_s for s in self.plan.steps[: self.step_index])
         total = self.plan.expected_duration_s

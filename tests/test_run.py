@@ -143,6 +143,25 @@ def test_a_stop_request_ends_in_the_safe_state_and_keeps_the_data(run_protocol):
     assert kinds[-3:] == ["interrupted", "safe_state", "run_end"]
 
 
+class Recorder(SilentReporter):
+    def __init__(self):
+        self.statuses = []
+
+    def tick(self, status):
+        self.statuses.append(status)
+
+
+def test_progress_advances_through_the_first_step_and_the_whole_run(run_protocol):
+    reporter = Recorder()
+    run_protocol(reporter=reporter)
+    first_step = [s for s in reporter.statuses if s.step_count == 1]
+    halfway = first_step[len(first_step) // 2]
+    assert halfway.step_time_s == pytest.approx(halfway.test_time_s)  # step 1 starts at test time 0
+    assert 0.3 < halfway.step_progress < 0.7
+    overall = [s.overall_progress for s in reporter.statuses]
+    assert overall == sorted(overall) and overall[-1] > 0.9
+
+
 class FailingReporter(SilentReporter):
     def __init__(self, ticks: int):
         self.ticks, self.seen = ticks, 0
