@@ -25,7 +25,7 @@ from stackcycler.drivers.transport import DEFAULT_TIMEOUT_S, SIM_SCHEME
 
 from .errors import InvalidInput
 from .safety import SafetyLimits
-from .validation import parse_yaml, read_text, validate_data
+from .validation import builtin_files, find_data_file, parse_yaml, read_text, validate_data
 
 MAX_EXTENDS_DEPTH = 8
 
@@ -156,21 +156,11 @@ class BenchConfig(_Strict):
 
 
 def builtin_benches() -> dict[str, Path]:
-    folder = resources.files("stackcycler") / "benches"
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return builtin_files(resources.files("stackcycler") / "benches", (".yaml",))
 
 
 def resolve_bench(name_or_path: str, relative_to: Path | None = None) -> Path:
-    candidate = Path(name_or_path)
-    if relative_to is not None and not candidate.is_absolute():
-        candidate = relative_to / candidate
-    if candidate.is_file():
-        return candidate
-    builtin = builtin_benches()
-    if name_or_path in builtin:
-        return builtin[name_or_path]
-    raise InvalidInput(f"unknown bench '{name_or_path}': not a bench file and not a built-in bench; "
-                       f"built-in benches: {', '.join(sorted(builtin))}")
+    return find_data_file(name_or_path, builtin_benches(), "bench", relative_to)
 
 
 def _merge(base: Any, override: Any) -> Any:

@@ -48,6 +48,24 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[PathKey, int]]:
     return data, lines
 
 
+def builtin_files(folder, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Data files shipped in a package folder (an importlib.resources Traversable), by stem."""
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(suffixes)}
+
+
+def find_data_file(name_or_path: str, builtin: dict[str, Path], what: str, relative_to: Path | None = None) -> Path:
+    """A file given by path, or a built-in one given by name; else an error listing the built-ins."""
+    candidate = Path(name_or_path)
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
+    if candidate.is_file():
+        return candidate
+    if name_or_path in builtin:
+        return builtin[name_or_path]
+    raise InvalidInput(f"unknown {what} '{name_or_path}': not a {what} file and not a built-in {what}; "
+                       f"built-in {what}s: {', '.join(sorted(builtin))}")
+
+
 def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")

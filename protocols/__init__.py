@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from stackcycler.errors import InvalidInput
 from stackcycler.protocol import Protocol
-from stackcycler.validation import load_model
+from stackcycler.validation import builtin_files, find_data_file, load_model
 
 
 @dataclass(frozen=True)
@@ -23,20 +22,11 @@ class ProtocolFile:
 
 
 def builtin_protocols() -> dict[str, Path]:
-    folder = resources.files(__name__)
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir()
-            if entry.name.endswith((".yaml", ".yml", ".json"))}
+    return builtin_files(resources.files(__name__), (".yaml", ".yml", ".json"))
 
 
 def resolve_protocol(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.is_file():
-        return candidate
-    builtin = builtin_protocols()
-    if name_or_path in builtin:
-        return builtin[name_or_path]
-    raise InvalidInput(f"unknown protocol '{name_or_path}': not a protocol file and not a built-in protocol; "
-                       f"built-in protocols: {', '.join(sorted(builtin))}")
+    return find_data_file(name_or_path, builtin_protocols(), "protocol")
 
 
 def load_protocol(name_or_path: str) -> ProtocolFile:
