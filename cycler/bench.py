@@ -160,7 +160,7 @@ def builtin_benches() -> dict[str, Path]:
 
 
 def resolve_bench(name_or_path: str, relative_to: Path | None = None) -> Path:
-    return find_data_file(name_or_path, builtin_benches(), "bench", relative_to)
+    return find_data_file(name_or_path, builtin_benches(), "bench", "benches", relative_to)
 
 
 def _merge(base: Any, override: Any) -> Any:

@@ -53,7 +53,8 @@ def builtin_files(folder, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(suffixes)}
 
 
-def find_data_file(name_or_path: str, builtin: dict[str, Path], what: str, relative_to: Path | None = None) -> Path:
+def find_data_file(name_or_path: str, builtin: dict[str, Path], what: str, plural: str,
+                   relative_to: Path | None = None) -> Path:
     """A file given by path, or a built-in one given by name; else an error listing the built-ins."""
     candidate = Path(name_or_path)
     if relative_to is not None and not candidate.is_absolute():
@@ -63,7 +64,7 @@ def find_data_file(name_or_path: str, builtin: dict[str, Path], what: str, relat
     if name_or_path in builtin:
         return builtin[name_or_path]
     raise InvalidInput(f"unknown {what} '{name_or_path}': not a {what} file and not a built-in {what}; "
-                       f"built-in {what}s: {', '.join(sorted(builtin))}")
+                       f"built-in {plural}: {', '.join(sorted(builtin))}")
 
 
 def read_text(path: Path, what: str) -> str:

@@ -26,7 +26,7 @@ def builtin_protocols() -> dict[str, Path]:
 
 
 def resolve_protocol(name_or_path: str) -> Path:
-    return find_data_file(name_or_path, builtin_protocols(), "protocol")
+    return find_data_file(name_or_path, builtin_protocols(), "protocol", "protocols")
 
 
 def load_protocol(name_or_path: str) -> ProtocolFile:
