@@ -125,6 +125,7 @@ class Runner:
         self._force_record = True
         self._next_health_check = 0.0
         self._last_checkpoint_wall = time.monotonic()
+        self._commands: list = []  # per step, worked out in _preflight
 
     # --- the run as a whole ----------------------------------------------------------
 
@@ -152,19 +153,20 @@ class Runner:
         return self._finish(state, code, reason)
 
     def _preflight(self) -> None:
-        """Configure meters and instrument protection, and check every setpoint against the
-        supply's ratings before anything is switched on."""
+        """Configure meters and instrument protection, and work out every step's command, checked
+        against the supply's ratings, before anything is switched on."""
         self.channel.configure(self.plan.envelope)
         ratings = self.channel.supply.ratings
-        for step in self.plan.steps:
-            command = command_for(step, self.plan.envelope, ratings)
+        self._commands = [command_for(step, self.plan.envelope, ratings) for step in self.plan.steps]
+        for step, command in zip(self.plan.steps, self._commands):
             if command is None:
                 continue
-            if command.voltage_V > ratings.voltage_V or max(command.source_limit_A, command.sink_limit_A) > ratings.current_A:
+            current = max(command.source_limit_A, command.sink_limit_A)
+            if command.voltage_V > ratings.voltage_V or current > ratings.current_A:
                 raise InvalidInput(
                     f"{self.plan.protocol_path}: step {step.number} ({step.setpoint()}) needs "
-                    f"{command.voltage_V:.4g} V / {max(command.source_limit_A, command.sink_limit_A):.4g} A, beyond "
-                    f"the supply's rating of {ratings.voltage_V:g} V / {ratings.current_A:g} A")
+                    f"{command.voltage_V:.4g} V / {current:.4g} A, beyond the supply's rating of "
+                    f"{ratings.voltage_V:g} V / {ratings.current_A:g} A")
 
     def _execute(self) -> None:
         next_tick = self.clock.now()
@@ -210,8 +212,7 @@ class Runner:
             self.channel.check_health()
             if self._end_step(sample, step, step_time, end):
                 return True
-        self.channel.apply(command_for(self.plan.steps[self.step_index], self.plan.envelope,
-                                       self.channel.supply.ratings))
+        self.channel.apply(self._commands[self.step_index])
         if end is not None or sample.test_time_s >= self._next_health_check:
             self.channel.check_health()
             self._next_health_check = sample.test_time_s + HEALTH_CHECK_INTERVAL_S
