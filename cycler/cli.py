@@ -100,6 +100,9 @@ def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
     except StackcyclerError as error:
         _fail(error)
         return
+    except KeyboardInterrupt:  # before the runner took over: instruments were being connected
+        errors.print("[bold red]INTERRUPTED[/bold red] while connecting the bench; outputs were left off")
+        sys.exit(int(ExitCode.INTERRUPTED))
     outcome = result.outcome
     console.print(f"run folder: {outcome.folder}", markup=False)
     if outcome.exit_code == ExitCode.COMPLETED:
