@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
+import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .runner import RunOutcome, RunStatus
+from .sample import Sample
 
 LIVE_REFRESH_S = 0.2
 PLAIN_INTERVAL_S = 30.0
@@ -28,11 +30,36 @@ def clock_text(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def layers_text(sample: Sample) -> str | None:
+    """'3.712-3.745 V, spread 33 mV, lowest layer 07' for a stack with per-layer inputs."""
+    layers = sample.layer_voltages_V
+    if layers.size == 0 or np.isnan(layers).all():
+        return None
+    low = int(np.nanargmin(layers))
+    spread_mV = (np.nanmax(layers) - np.nanmin(layers)) * 1000
+    return (f"{np.nanmin(layers):.3f}-{np.nanmax(layers):.3f} V, spread {spread_mV:.0f} mV, "
+            f"lowest layer {low + 1:02d}")
+
+
+def sensors_text(sample: Sample) -> str:
+    parts = [f"{name} {value:.1f} degC" for name, value in sample.temperatures_degC.items()]
+    if sample.pressure_MPa is not None:
+        parts.append(f"pressure {sample.pressure_MPa:.2f} MPa")
+    return ", ".join(parts)
+
+
 def status_line(status: RunStatus) -> str:
-    return (f"step {status.step_count}/{status.steps_total} {status.step.name} | "
-            f"V {status.voltage_V:.3f} V | I {status.current_A:+.4f} A | "
-            f"step charge {status.step_charge_Ah:+.4f} Ah | test time {clock_text(status.test_time_s)} | "
-            f"step ~{status.step_progress:.0%} | overall ~{status.overall_progress:.0%}")
+    sample = status.sample
+    parts = [f"step {status.step_count}/{status.steps_total} {status.step.name}",
+             f"V {sample.voltage_V:.3f} V", f"I {sample.current_A:+.4f} A",
+             f"step charge {status.step_charge_Ah:+.4f} Ah", f"test time {clock_text(sample.test_time_s)}"]
+    layers = layers_text(sample)
+    if layers:
+        parts.append(f"layers {layers}")
+    if sensors_text(sample):
+        parts.append(sensors_text(sample))
+    parts += [f"step ~{status.step_progress:.0%}", f"overall ~{status.overall_progress:.0%}"]
+    return " | ".join(parts)
 
 
 class PlainReporter:
@@ -74,9 +101,15 @@ class LiveReporter:
         table = Table.grid(padding=(0, 2))
         table.add_row(Text(f"step {status.step_count}/{status.steps_total}", style="bold"),
                       Text(f"{status.step.name}: {status.step.setpoint()}"), "")
-        table.add_row("voltage", f"{status.voltage_V:9.3f} V", "")
-        table.add_row("current", f"{status.current_A:+9.4f} A", "")
+        sample = status.sample
+        table.add_row("voltage", f"{sample.voltage_V:9.3f} V", "")
+        table.add_row("current", f"{sample.current_A:+9.4f} A", "")
         table.add_row("step charge", f"{status.step_charge_Ah:+9.4f} Ah", "")
+        layers = layers_text(sample)
+        if layers:
+            table.add_row("layers", layers, "")
+        if sensors_text(sample):
+            table.add_row("sensors", sensors_text(sample), "")
         table.add_row("test time", clock_text(status.test_time_s), "")
         table.add_row("step", ProgressBar(total=1.0, completed=status.step_progress, width=40),
                       f"~{status.step_progress:.0%}")

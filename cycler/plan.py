@@ -168,7 +168,7 @@ class _Binder:
         field = condition.field
         value = self.number(getattr(condition, field))
         if field.endswith("_C"):
-            value = abs(self.amps_from_c(value, f"{where}.{field}"))
+            value = self.amps_from_c(value, f"{where}.{field}")
         quantity = "step_time" if field == "step_time_s" else field.split("_")[0]
         direction = "above" if "above" in field or quantity == "step_time" else "below"
         if quantity == "current":

@@ -58,13 +58,15 @@ class RunStatus:
     step: PlannedStep
     step_count: int
     steps_total: int
-    test_time_s: float
+    sample: Sample
     step_time_s: float
-    voltage_V: float
-    current_A: float
     step_charge_Ah: float  # net, + = charged in this step
     step_progress: float
     overall_progress: float
+
+    @property
+    def test_time_s(self) -> float:
+        return self.sample.test_time_s
 
 
 @dataclass
@@ -297,9 +299,8 @@ class Runner:
         total = self.plan.expected_duration_s
         overall = min((done + step_progress * step.expected_s) / total, 0.999) if total > 0 else 0.0
         throughput = self.integrator.step
-        return RunStatus(step, self.step_index + 1, len(self.plan.steps), sample.test_time_s, step_time,
-                         sample.voltage_V, sample.current_A, throughput.charge_Ah - throughput.discharge_Ah,
-                         step_progress, overall)
+        return RunStatus(step, self.step_index + 1, len(self.plan.steps), sample, step_time,
+                         throughput.charge_Ah - throughput.discharge_Ah, step_progress, overall)
 
     # --- the one way out -------------------------------------------------------------
 
