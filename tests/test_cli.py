@@ -153,3 +153,34 @@ def test_a_signal_during_a_run_ends_in_the_safe_state_and_keeps_the_data(tmp_pat
     assert kinds[-3:] == ["interrupted", "safe_state", "run_end"]
     last_logged = float(_rows(samples)[-1].split(",")[1])
     assert last_logged >= seen_before_signal  # nothing logged before the signal was lost
+
+
+def test_a_run_killed_outright_leaves_a_readable_run_folder(tmp_path):
+    """SIGKILL gives the process no chance to clean up: what it wrote must still read back."""
+    from stackcycler.analysis import cycle_summary, read_samples
+
+    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", "capacity-check", "--speed", "100"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        samples = None
+        while time.monotonic() < deadline:
+            found = list((tmp_path / "runs").glob("*/samples.csv")) if (tmp_path / "runs").exists() else []
+            if found and len(_rows(found[0])) >= 30:
+                samples = found[0]
+                break
+            time.sleep(0.1)
+        assert samples is not None, "the run did not start logging"
+        rows_seen = len(_rows(samples))
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    folder = samples.parent
+    assert json.loads((folder / "run.json").read_text())["state"] == "running"  # it never got to say otherwise
+    assert [e["event"] for e in events_of(folder)][0] == "step_start"
+    frame = read_samples(folder)
+    assert len(frame) >= rows_seen
+    summary = cycle_summary(frame)
+    assert summary["Charging Capacity / Ah"].iloc[0] > 0
