@@ -59,8 +59,8 @@ class Channel:
         over_voltage = (envelope.max_voltage_V or ratings.voltage_V) * HARDWARE_PROTECTION_MARGIN
         currents = [c for c in (envelope.max_charge_current_A, envelope.max_discharge_current_A) if c]
         over_current = (max(currents) if currents else ratings.current_A) * HARDWARE_PROTECTION_MARGIN
-        self.supply.set_protection(min(over_voltage, ratings.voltage_V * 1.1),
-                                   min(over_current, ratings.current_A * 1.1))
+        self.supply.set_protection(min(over_voltage, ratings.max_over_voltage_V),
+                                   min(over_current, ratings.max_over_current_A))
 
     def measure(self) -> Sample:
         t = self.clock.now()

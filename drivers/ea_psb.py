@@ -68,11 +68,12 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
             raise InstrumentError(f"{self.resource}: remote control not granted (SYST:LOCK:OWN? = {owner!r}); "
                                   "is another program or the front panel holding it?")
         self.output = False
-        self._ratings = SupplyRatings(
-            voltage_V=parse_number(self.query("SYST:NOM:VOLT?")),
-            current_A=parse_number(self.query("SYST:NOM:CURR?")),
-            power_W=parse_number(self.query("SYST:NOM:POW?")),
-        )
+        voltage = parse_number(self.query("SYST:NOM:VOLT?"))
+        current = parse_number(self.query("SYST:NOM:CURR?"))
+        self._ratings = SupplyRatings(voltage_V=voltage, current_A=current,
+                                      power_W=parse_number(self.query("SYST:NOM:POW?")),
+                                      max_over_voltage_V=voltage * PROTECTION_SPAN,
+                                      max_over_current_A=current * PROTECTION_SPAN)
         self.check_errors()
         return identity
 

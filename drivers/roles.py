@@ -16,6 +16,8 @@ class SupplyRatings:
     voltage_V: float
     current_A: float
     power_W: float
+    max_over_voltage_V: float  # highest over-voltage protection threshold the model accepts
+    max_over_current_A: float
 
 
 class BidirectionalSupply(ABC):
