@@ -153,7 +153,8 @@ def _metadata(prepared: PreparedRun, opened: OpenBench, channel: Channel, column
                   "simulated": bench.config.simulated, "channel": prepared.channel_name,
                   "clock": "virtual (simulated time)" if bench.config.simulated else "wall clock",
                   "tick_s": channel.config.tick_s,
-                  "speed": ("max" if request.speed is None else request.speed) if bench.config.simulated else "real time"},
+                  "speed": ("max" if request.speed is None else request.speed) if bench.config.simulated else "real time",
+                  "resolved": bench.resolved},  # with any `extends` base merged in
         "instruments": instruments,
         "safety_envelope": {**plan.envelope.armed(), "debounce_s": plan.envelope.debounce_s},
         "record": {"time_s": plan.record_time_s, "voltage_V": plan.record_voltage_V, "current_A": plan.record_current_A},

@@ -114,7 +114,11 @@ def test_a_layer_over_its_voltage_limit_trips_to_outputs_off(run_protocol):
     assert samples["Test Time / s"].iloc[-1] == pytest.approx(trip["test_time_s"], abs=1e-3)
     # the other layers were still in range: the stack never reached its end-of-charge voltage
     assert samples["Voltage / V"].iloc[-1] < 97.75
-    assert json.loads((outcome.folder / "run.json").read_text())["state"] == "tripped"
+    meta = json.loads((outcome.folder / "run.json").read_text())
+    assert meta["state"] == "tripped"
+    # the bench file says only `extends: sim`; the run folder keeps the whole bench as run
+    assert meta["bench"]["resolved"]["simulation"]["stack"]["layer_capacity_scale"] == {"7": 0.85}
+    assert meta["bench"]["resolved"]["channels"]["stack1"]["dut"]["layers"] == 23
 
 
 class StopAfter(SilentReporter):
