@@ -93,7 +93,8 @@ class Channel:
             self._command = None
             return
         if command != self._command:
-            self.supply.regulate(command.voltage_V, command.source_limit_A, command.sink_limit_A)
+            self.supply.regulate(command.voltage_V, command.source_limit_A, command.sink_limit_A,
+                                 command.source_power_W, command.sink_power_W)
             self._command = command
         if not self._output_on:
             self.supply.set_output(True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from stackcycler import __version__
 from stackcycler.protocols import builtin_protocols, load_protocol
@@ -17,9 +17,12 @@ from stackcycler.protocols import builtin_protocols, load_protocol
 from .bench import builtin_benches, load_bench
 from .errors import EXIT_CODE_HELP, ExitCode, StackcyclerError
 from .live import LiveReporter, PlainReporter
-from .plan import Plan, format_duration
+from .errors import InvalidInput, UnreadableInput
+from .export import dump_protocol, to_pybamm
+from .planview import plan_lines, plan_to_dict
+from .protocol import Loop
 from .runner import StopRequest
-from .session import RunRequest, execute, prepare, stop_on_signals
+from .session import RunRequest, check_against_instruments, execute, prepare, stop_on_signals
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -117,61 +120,91 @@ def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
     sys.exit(int(outcome.exit_code))
 
 
-def print_plan(plan: Plan, bench_name: str, channel_name: str) -> None:
-    dut = plan.dut
-    console.print(f"[bold]{plan.protocol.name}[/bold] ({plan.protocol_path}) on {bench_name}/{channel_name}, "
-                  f"DUT {dut.id}: {dut.layers} layers, "
-                  f"{dut.nominal_capacity_Ah if dut.nominal_capacity_Ah else '?'} Ah nominal")
-    if plan.protocol.description:
-        console.print(plan.protocol.description.strip())
-    if plan.parameters:
-        console.print("parameters: " + ", ".join(f"{k} = {v:g}" for k, v in plan.parameters.items()))
-    rows = []
-    for step in plan.steps:
-        ends = "; ".join(e.describe() for e in step.ends[:-1]) or "—"
-        bound = format_duration(step.time_bound_s) + (" (default)" if step.time_bound_is_default else "")
-        rows.append((str(step.number), step.name, step.setpoint(), ends, bound, "≈ " + format_duration(step.expected_s)))
-    if console.is_terminal:
-        table = Table()
-        for header in ("#", "step", "setpoint", "ends when (first wins)", "time bound", "expected"):
-            table.add_column(header)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-    else:  # one line a step: readable in logs and diffs
-        for number, name, setpoint, ends, bound, expected in rows:
-            console.print(f"{number:>3}. {name}: {setpoint}; ends when {ends}; time bound {bound}; expected {expected}",
-                          markup=False)
-    console.print(f"expected duration ≈ {format_duration(plan.expected_duration_s)}; "
-                  f"at most {format_duration(plan.worst_case_duration_s)} (every time bound reached)")
-    armed = plan.envelope.armed()
-    console.print("safety limits (always armed, trip to outputs off): "
-                  + (", ".join(f"{k} = {v:g}" for k, v in armed.items()) or "none")
-                  + f"; debounce {plan.envelope.debounce_s:g} s")
-    record = f"record every {plan.record_time_s:g} s"
-    if plan.record_voltage_V is not None:
-        record += f" or ΔV ≥ {plan.record_voltage_V:g} V"
-    if plan.record_current_A is not None:
-        record += f" or ΔI ≥ {plan.record_current_A:g} A"
-    console.print(record + ", and at every step start and end")
-
-
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("protocol")
 @bench_option
 @channel_option
 @set_option
-def plan(protocol, bench, channel, overrides):
-    """Show what PROTOCOL would do on a bench: steps, setpoints, ends, time bounds, limits.
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema: docs/plan-json.md).")
+def plan(protocol, bench, channel, overrides, as_json):
+    """Show what PROTOCOL would do on a bench: steps, setpoints, ends, time bounds, loops, limits.
 
-    Nothing is connected or switched on."""
+    Nothing is switched on."""
     try:
         prepared = prepare(RunRequest(protocol=protocol, bench=bench, channel=channel,
                                       overrides=_overrides(overrides)))
     except StackcyclerError as error:
         _fail(error)
         return
-    print_plan(prepared.plan, prepared.bench.config.name, prepared.channel_name)
+    if as_json:
+        print(json.dumps(plan_to_dict(prepared.plan, prepared.bench.config.name, prepared.channel_name), indent=1))
+        return
+    for line in plan_lines(prepared.plan, prepared.bench.config.name, prepared.channel_name):
+        console.print(line, markup=False)
+
+
+VALIDATE_EXIT_HELP = """\b
+Exit codes:
+  0  valid
+  1  invalid: every problem is listed, with file, line and field
+  2  unreadable: no such protocol or bench, not UTF-8, not YAML/JSON"""
+
+
+@main.command(epilog=VALIDATE_EXIT_HELP)
+@click.argument("protocol")
+@click.option("--bench", default=None, help="Also check it against this bench and its DUT (built-in name or file).")
+@channel_option
+@set_option
+def validate(protocol, bench, channel, overrides):
+    """Check PROTOCOL (a built-in name or a file) without running it."""
+    try:
+        loaded = load_protocol(protocol)
+        if bench is None:
+            steps = sum(1 for _, item, _ in loaded.model.walk() if not isinstance(item, Loop))
+            console.print(f"valid: {loaded.path} ({steps} steps)", markup=False)
+            return
+        prepared = prepare(RunRequest(protocol=protocol, bench=bench, channel=channel,
+                                      overrides=_overrides(overrides)))
+        problems, note = check_against_instruments(prepared)
+        if problems:
+            raise InvalidInput("\n".join(f"{loaded.path}: {p}" for p in problems))
+    except UnreadableInput as error:
+        errors.print(f"[bold red]unreadable:[/bold red] {escape(str(error))}")
+        sys.exit(2)
+    except InvalidInput as error:
+        errors.print(f"[bold red]invalid:[/bold red] {escape(str(error))}")
+        sys.exit(1)
+    console.print(f"valid: {loaded.path} on {prepared.bench.config.name}/{prepared.channel_name} "
+                  f"({len(prepared.plan.steps)} steps); {note}", markup=False)
+
+
+@main.command("export-protocol", epilog=EXIT_CODE_HELP)
+@click.argument("protocol")
+@click.option("--to", "target", type=click.Choice(["json", "yaml", "pybamm"]), required=True,
+              help="json/yaml: the validated protocol (round-trips losslessly); pybamm: a PyBaMM experiment "
+                   "(Python), as bound to the bench's DUT.")
+@bench_option
+@channel_option
+@set_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here instead of to standard output.")
+def export_protocol(protocol, target, bench, channel, overrides, output):
+    """Write PROTOCOL in another format."""
+    try:
+        if target == "pybamm":
+            prepared = prepare(RunRequest(protocol=protocol, bench=bench, channel=channel,
+                                          overrides=_overrides(overrides)))
+            text = to_pybamm(prepared.plan)
+        else:
+            text = dump_protocol(load_protocol(protocol).model, target)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"written {output}", markup=False)
 
 
 @main.command()

@@ -1,14 +1,18 @@
-"""Control: what a planned step asks of the channel's supply.
+"""Control: what each step asks of the channel's supply, tick by tick.
 
-On a bidirectional supply every step type is native (see drivers/roles.py): the command is a
-voltage with a source and a sink current clamp, or None for open circuit.
+On a bidirectional supply the native law is a voltage with source and sink current clamps and,
+on supplies that have them, power limits (see drivers/roles.py). A step's control gives the
+command for the current tick, or None for open circuit.
 
-* CC charge/discharge: the current clamp is the step current; the voltage is set just beyond
-  the step's voltage end (or at the safety envelope when the step has none), so the supply
-  stays in CC until the runner sees the end voltage, and a host that dies leaves the stack
-  floating only a little past it.
-* CC-CV: current clamp = step current, voltage = the CV voltage; the supply crosses over.
-* CV: the voltage, with the step's current limit (or the DUT's) both ways.
+* CC: the current clamp is the step current; the voltage is set just beyond the step's voltage
+  end (or at the safety envelope when it has none), so the supply stays in CC until the runner
+  sees the end voltage, and a host that dies leaves the stack only a little past it.
+* CC-CV: current clamp = the step current, voltage = the CV voltage; the supply crosses over.
+* CV: the voltage, with the step's current limit (or the envelope's) both ways.
+* CP: native on a supply with power limits (power limit = the step power, the current clamp
+  at the envelope's limit); otherwise a software loop: I = P / V measured, every tick.
+* CR (discharge only): a software loop, I = V / R measured, every tick.
+* Pulse trains and profiles: the waveform's value at this tick's step time, as CC or CP.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from stackcycler.drivers.roles import SupplyRatings
 
 from .plan import PlannedStep
 from .safety import SafetyEnvelope
+from .sample import Sample
 
-# How far past a CC step's end voltage the supply's own voltage clamp sits: wide enough that
+# How far past a step's end voltage the supply's own voltage clamp sits: wide enough that
 # measurement noise cannot hide the end, narrow enough to limit an orphaned over-charge.
 CLAMP_MARGIN_FRACTION = 0.005
 CLAMP_MARGIN_MIN_V = 0.05
@@ -31,32 +36,130 @@ class OutputCommand:
     voltage_V: float
     source_limit_A: float
     sink_limit_A: float
+    source_power_W: float | None = None  # None: no power limit
+    sink_power_W: float | None = None
 
 
-def _clamp_voltage(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings, charging: bool) -> float:
-    direction = "above" if charging else "below"
-    ends = [e.value for e in step.ends if e.quantity == "voltage" and e.direction == direction]
-    if charging:
-        ceiling = envelope.max_voltage_V if envelope.max_voltage_V is not None else ratings.voltage_V
+class StepControl:
+    """The command for a step; `dynamic` ones change from tick to tick."""
+
+    dynamic = False
+
+    def command(self, step_time_s: float, sample: Sample | None) -> OutputCommand | None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StaticControl(StepControl):
+    fixed: OutputCommand | None
+
+    def command(self, step_time_s: float, sample: Sample | None) -> OutputCommand | None:
+        return self.fixed
+
+
+class _Limits:
+    """The clamps a step's commands are built with."""
+
+    def __init__(self, step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings):
+        self.charge_A = envelope.max_charge_current_A or ratings.current_A
+        self.discharge_A = envelope.max_discharge_current_A or ratings.current_A
+        self.high_V = self._clamp(step, envelope.max_voltage_V or ratings.voltage_V, "above", +1)
+        self.low_V = self._clamp(step, envelope.min_voltage_V or 0.0, "below", -1)
+
+    @staticmethod
+    def _clamp(step: PlannedStep, envelope_V: float, direction: str, sign: int) -> float:
+        ends = [e.value for e in step.ends if e.quantity == "voltage" and e.direction == direction]
         if not ends:
-            return ceiling
-        target = min(ends)
-        return min(target + max(CLAMP_MARGIN_FRACTION * target, CLAMP_MARGIN_MIN_V), ceiling)
-    floor = envelope.min_voltage_V if envelope.min_voltage_V is not None else 0.0
-    if not ends:
-        return floor
-    target = max(ends)
-    return max(target - max(CLAMP_MARGIN_FRACTION * target, CLAMP_MARGIN_MIN_V), floor)
+            return envelope_V
+        target = min(ends) if sign > 0 else max(ends)
+        clamp = target + sign * max(CLAMP_MARGIN_FRACTION * target, CLAMP_MARGIN_MIN_V)
+        return min(clamp, envelope_V) if sign > 0 else max(clamp, envelope_V)
+
+    def current(self, amps: float) -> OutputCommand:
+        """Constant current: + charges towards the upper clamp, - discharges towards the lower."""
+        if amps >= 0:
+            return OutputCommand(self.high_V, amps, 0.0)
+        return OutputCommand(self.low_V, 0.0, -amps)
+
+    def power(self, watts: float) -> OutputCommand:
+        """Native constant power: the power limit acts, the current clamp sits at the safety limit."""
+        if watts >= 0:
+            return OutputCommand(self.high_V, self.charge_A, 0.0, source_power_W=watts)
+        return OutputCommand(self.low_V, 0.0, self.discharge_A, sink_power_W=-watts)
 
 
-def command_for(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings) -> OutputCommand | None:
+@dataclass(frozen=True)
+class SoftwarePower(StepControl):
+    watts: float
+    limits: _Limits
+    dynamic = True
+
+    def command(self, step_time_s, sample):
+        voltage = sample.voltage_V if sample is not None and sample.voltage_V > 0 else None
+        return self.limits.current(self.watts / voltage) if voltage else self.limits.current(0.0)
+
+
+@dataclass(frozen=True)
+class SoftwareResistance(StepControl):
+    ohms: float
+    limits: _Limits
+    dynamic = True
+
+    def command(self, step_time_s, sample):
+        voltage = sample.voltage_V if sample is not None else 0.0
+        return self.limits.current(-max(voltage, 0.0) / self.ohms)
+
+
+@dataclass(frozen=True)
+class WaveformControl(StepControl):
+    step: PlannedStep
+    limits: _Limits
+    native_power: bool
+    dynamic = True
+
+    def command(self, step_time_s, sample):
+        value = self.step.waveform.value_at(step_time_s)
+        if self.step.waveform.quantity == "current":
+            return self.limits.current(value)
+        if self.native_power:
+            return self.limits.power(value)
+        return SoftwarePower(value, self.limits).command(step_time_s, sample)
+
+
+def control_for(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings,
+                native_power: bool) -> StepControl:
+    limits = _Limits(step, envelope, ratings)
     if step.kind == "rest":
-        return None
-    if step.kind in ("cc", "cccv"):
-        current = step.current_A
-        charging = current > 0
-        voltage = step.voltage_V if step.kind == "cccv" else _clamp_voltage(step, envelope, ratings, charging)
-        return OutputCommand(voltage, current if charging else 0.0, 0.0 if charging else -current)
-    source = step.current_limit_A or envelope.max_charge_current_A or ratings.current_A
-    sink = step.current_limit_A or envelope.max_discharge_current_A or ratings.current_A
-    return OutputCommand(step.voltage_V, source, sink)
+        return StaticControl(None)
+    if step.kind == "cc":
+        return StaticControl(limits.current(step.current_A))
+    if step.kind == "cccv":
+        charging = step.current_A > 0
+        return StaticControl(OutputCommand(step.voltage_V, step.current_A if charging else 0.0,
+                                           0.0 if charging else -step.current_A))
+    if step.kind == "cv":
+        return StaticControl(OutputCommand(step.voltage_V, step.current_limit_A or limits.charge_A,
+                                           step.current_limit_A or limits.discharge_A))
+    if step.kind == "cp":
+        return StaticControl(limits.power(step.power_W)) if native_power else SoftwarePower(step.power_W, limits)
+    if step.kind == "cr":
+        return SoftwareResistance(step.resistance_ohm, limits)
+    if step.kind in ("pulse", "profile"):
+        return WaveformControl(step, limits, native_power)
+    raise ValueError(f"no control for a {step.kind} step")  # EIS is refused when the plan is bound
+
+
+def rating_problems(steps, controls: dict[int, StepControl], ratings: SupplyRatings) -> list[str]:
+    """Steps whose fixed command needs more than the supply can give (dynamic ones are checked as they run)."""
+    problems = []
+    for step in steps:
+        control = controls[step.number]
+        command = None if control.dynamic else control.command(0.0, None)
+        if command is None:
+            continue
+        current = max(command.source_limit_A, command.sink_limit_A)
+        if command.voltage_V > ratings.voltage_V or current > ratings.current_A:
+            problems.append(f"step {step.number} ({step.setpoint()}) needs {command.voltage_V:.4g} V / "
+                            f"{current:.4g} A, beyond the supply's rating of {ratings.voltage_V:g} V / "
+                            f"{ratings.current_A:g} A")
+    return problems

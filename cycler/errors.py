@@ -40,6 +40,10 @@ class InvalidInput(StackcyclerError):
     exit_code = ExitCode.INVALID_INPUT
 
 
+class UnreadableInput(InvalidInput):
+    """A file that cannot be found, read or parsed at all (as opposed to one with wrong contents)."""
+
+
 class InstrumentError(StackcyclerError):
     """An instrument did not answer, answered nonsense, reported an error or left its expected state."""
 

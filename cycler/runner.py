@@ -5,6 +5,9 @@ Each tick, in this order (safety before control, as on the bench):
 The sample is recorded before control acts on it, so a fault while applying control never
 loses the last measurement taken before it.
 
+Between steps the program's control instructions (loop starts and ends, cycle marks) run at
+once; a step end's goto says where the program continues.
+
 Every way out (protocol finished, safety trip, instrument fault, bad setpoint, software error,
 Ctrl+C, SIGTERM) passes through `_finish`, which switches the outputs off with stop signals
 held back, confirms it with the instrument, and records why the run ended.
@@ -15,16 +18,20 @@ from __future__ import annotations
 import signal
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
+
 from .channel import Channel
 from .clock import Clock
-from .control import command_for
+from .control import StepControl, control_for, rating_problems
 from .errors import ExitCode, InstrumentError, Interrupted, InvalidInput, SafetyTrip
 from .integrators import Integrator
-from .plan import Plan, PlannedEnd, PlannedStep
+from .plan import (VOLTAGE_RATE_WINDOW_S, CycleMark, EndContext, LoopEnd, LoopStart, Plan, PlannedEnd, PlannedLoop,
+                   PlannedStep, RunStep)
 from .safety import SafetyMonitor
 from .sample import Sample
 from .store import Column, RunStore
@@ -56,13 +63,15 @@ class RunStatus:
     """What a progress display shows; refreshed every tick."""
 
     step: PlannedStep
-    step_count: int
-    steps_total: int
+    step_count: int  # steps run so far, this one included
+    steps_total: int  # distinct steps in the protocol
     sample: Sample
     step_time_s: float
     step_charge_Ah: float  # net, + = charged in this step
     step_progress: float
     overall_progress: float
+    cycle: int = 1
+    loops: str = ""  # e.g. "loop 1: 3/10"
 
     @property
     def test_time_s(self) -> float:
@@ -105,6 +114,24 @@ def sample_columns(channel: Channel) -> list[Column]:
     return columns
 
 
+class _VoltageRate:
+    """|dV/dt| over the last VOLTAGE_RATE_WINDOW_S of a step: the slope of a least-squares line."""
+
+    def __init__(self, window_s: float = VOLTAGE_RATE_WINDOW_S):
+        self.window_s = window_s
+        self.points: deque[tuple[float, float]] = deque()
+
+    def add(self, t: float, voltage: float) -> float | None:
+        self.points.append((t, voltage))
+        while self.points and t - self.points[0][0] > self.window_s:
+            self.points.popleft()
+        if len(self.points) < 3 or t - self.points[0][0] < self.window_s * 0.999:
+            return None
+        times, volts = np.array(self.points).T
+        times = times - times.mean()
+        return float(np.dot(times, volts - volts.mean()) / np.dot(times, times))
+
+
 class Runner:
     def __init__(self, plan: Plan, channel: Channel, clock: Clock, store: RunStore,
                  reporter: ProgressReporter, stop: StopRequest):
@@ -117,17 +144,25 @@ class Runner:
         self.tick_s = channel.config.tick_s
         self.safety = SafetyMonitor(plan.envelope)
         self.integrator = Integrator()
-        self.step_index = 0
+        self.pc = 0  # program counter: the instruction being run
+        self.step: PlannedStep | None = None
+        self.control: StepControl | None = None
         self.step_count = 0
         self.cycle_count = 1
         self.step_started_at: float | None = None
+        self.loop_iteration: dict[int, int] = {}  # loop number -> iterations completed
+        self.loop_discharge_at_start: dict[int, float] = {}  # test discharge Ah when the iteration began
+        self.loop_first_capacity: dict[int, float] = {}
+        self.step_discharges: dict[str, list[float]] = {}  # tag -> discharge Ah of each run of that step
         self.records = 0
         self.overruns = 0
+        self.expected_done_s = 0.0
+        self._controls: dict[int, StepControl] = {}  # per step number, worked out in _preflight
+        self._rate: _VoltageRate | None = None
         self._last_recorded: Sample | None = None
         self._force_record = True
         self._next_health_check = 0.0
         self._last_checkpoint_wall = time.monotonic()
-        self._commands: list = []  # per step, worked out in _preflight
 
     # --- the run as a whole ----------------------------------------------------------
 
@@ -155,22 +190,19 @@ class Runner:
         return self._finish(state, code, reason)
 
     def _preflight(self) -> None:
-        """Configure meters and instrument protection, and work out every step's command, checked
-        against the supply's ratings, before anything is switched on."""
+        """Configure meters and instrument protection, and work out every step's control,
+        checked against the supply's ratings, before anything is switched on."""
         self.channel.configure(self.plan.envelope)
-        ratings = self.channel.supply.ratings
-        self._commands = [command_for(step, self.plan.envelope, ratings) for step in self.plan.steps]
-        for step, command in zip(self.plan.steps, self._commands):
-            if command is None:
-                continue
-            current = max(command.source_limit_A, command.sink_limit_A)
-            if command.voltage_V > ratings.voltage_V or current > ratings.current_A:
-                raise InvalidInput(
-                    f"{self.plan.protocol_path}: step {step.number} ({step.setpoint()}) needs "
-                    f"{command.voltage_V:.4g} V / {current:.4g} A, beyond the supply's rating of "
-                    f"{ratings.voltage_V:g} V / {ratings.current_A:g} A")
+        supply = self.channel.supply
+        self._controls = {step.number: control_for(step, self.plan.envelope, supply.ratings, supply.has_power_limits)
+                          for step in self.plan.steps}
+        problems = rating_problems(self.plan.steps, self._controls, supply.ratings)
+        if problems:
+            raise InvalidInput("\n".join(f"{self.plan.protocol_path}: {p}" for p in problems))
 
     def _execute(self) -> None:
+        if not self._run_instructions(0):
+            return  # a protocol of loops and cycle marks only
         next_tick = self.clock.now()
         while True:
             self.clock.sleep_until(next_tick, self.stop)
@@ -193,17 +225,18 @@ class Runner:
         self.integrator.update(sample)
         if self.step_started_at is None:
             self._start_step(sample)
-        step = self.plan.steps[self.step_index]
+        step = self.step
         step_time = sample.test_time_s - self.step_started_at
         row = self._row(sample, step, step_time)  # the sample belongs to the step it was measured in
 
+        test = self.integrator.test
         try:
-            self.safety.check(sample)
+            self.safety.check(sample, test.charge_Ah - test.discharge_Ah)
         except SafetyTrip:
             self._record(sample, row, forced=True)
             raise
 
-        end = next((e for e in step.ends if e.reached(sample, step_time)), None)
+        end = self._reached_end(sample, step_time)
         # Recorded before anything is acted on, so a fault while applying control cannot lose it.
         self._record(sample, row, forced=self._force_record or end is not None)
         self._force_record = False
@@ -212,9 +245,9 @@ class Runner:
             # A supply that tripped its own protection drops the current to zero, which looks
             # just like a CV taper ending: confirm the instruments first, so it is a fault, not an end.
             self.channel.check_health()
-            if self._end_step(sample, step, step_time, end):
+            if self._end_step(sample, step_time, end):
                 return True
-        self.channel.apply(self._commands[self.step_index])
+        self.channel.apply(self.control.command(sample.test_time_s - self.step_started_at, sample))
         if end is not None or sample.test_time_s >= self._next_health_check:
             self.channel.check_health()
             self._next_health_check = sample.test_time_s + HEALTH_CHECK_INTERVAL_S
@@ -223,27 +256,110 @@ class Runner:
         self.reporter.tick(self._status(sample))
         return False
 
+    def _reached_end(self, sample: Sample, step_time: float) -> PlannedEnd | None:
+        throughput = self.integrator.step
+        rate = self._rate.add(sample.test_time_s, sample.voltage_V) if self._rate is not None else None
+        context = EndContext(sample, step_time, throughput.charge_Ah + throughput.discharge_Ah,
+                             throughput.charge_Wh + throughput.discharge_Wh, rate)
+        return next((e for e in self.step.ends if e.reached(context)), None)
+
+    # --- the program: steps, loops, cycles -------------------------------------------
+
+    def _run_instructions(self, pc: int) -> bool:
+        """Run control instructions from `pc` up to the next step; False if the program ended."""
+        program = self.plan.program
+        while pc < len(program):
+            instruction = program[pc]
+            if isinstance(instruction, RunStep):
+                self.pc = pc
+                self.step = instruction.step
+                self.control = self._controls[instruction.step.number]
+                self.step_started_at = None
+                return True
+            if isinstance(instruction, LoopStart):
+                loop = instruction.loop
+                self.loop_iteration[loop.number] = 0
+                self.loop_discharge_at_start[loop.number] = self.integrator.test.discharge_Ah
+                self.loop_first_capacity.pop(loop.number, None)
+                pc += 1
+            elif isinstance(instruction, LoopEnd):
+                pc = self._end_iteration(instruction.loop)
+            else:
+                pc = self._next_cycle(instruction, pc)
+        self.pc = len(program)
+        return False
+
+    def _end_iteration(self, loop: PlannedLoop) -> int:
+        number = loop.number
+        self.loop_iteration[number] += 1
+        done = self.loop_iteration[number]
+        capacity = self.integrator.test.discharge_Ah - self.loop_discharge_at_start[number]
+        self.loop_first_capacity.setdefault(number, capacity)
+        met = [text for text in (self._loop_condition(loop, c) for c in loop.until) if text]
+        finished = bool(met) or done >= loop.max_repeats
+        reason = met[0] if met else (f"ran {done} times" if loop.repeat is not None
+                                     else f"reached max_repeats = {loop.max_repeats} before its condition")
+        self._event("loop_iteration", loop=loop.name, iteration=done, discharge_Ah=capacity,
+                    **({"end": reason} if finished else {}))
+        if finished:
+            return loop.end + 1
+        self.loop_discharge_at_start[number] = self.integrator.test.discharge_Ah
+        return loop.start + 1
+
+    def _loop_condition(self, loop: PlannedLoop, condition: tuple[str, float, str | None]) -> str | None:
+        kind, value, of_step = condition
+        if of_step is None:
+            history = [self.loop_first_capacity[loop.number],
+                       self.integrator.test.discharge_Ah - self.loop_discharge_at_start[loop.number]]
+            what = "the iteration's discharge"
+        else:
+            history = self.step_discharges.get(of_step, [])
+            what = f"the discharge of step '{of_step}'"
+            if not history:
+                return None
+        capacity, first = history[-1], history[0]
+        if kind == "retention":
+            if first > 0 and capacity / first < value:
+                return f"{what} fell to {capacity / first:.1%} of its first value ({capacity:.4g} of {first:.4g} Ah)"
+        elif capacity < value:
+            return f"{what} fell to {capacity:.4g} Ah, below {value:g} Ah"
+        return None
+
+    def _next_cycle(self, mark: CycleMark, pc: int) -> int:
+        cycle = self.integrator.cycle
+        self._event("cycle_end", cycle=self.cycle_count, charge_Ah=cycle.charge_Ah, discharge_Ah=cycle.discharge_Ah,
+                    charge_Wh=cycle.charge_Wh, discharge_Wh=cycle.discharge_Wh)
+        self.cycle_count += 1
+        self.integrator.start_cycle()
+        return pc + 1
+
     # --- steps -----------------------------------------------------------------------
 
     def _start_step(self, sample: Sample) -> None:
-        step = self.plan.steps[self.step_index]
+        step = self.step
         self.step_started_at = sample.test_time_s
         self.step_count += 1
         self.integrator.start_step()
+        self._rate = _VoltageRate() if any(e.quantity == "voltage_rate" for e in step.ends) else None
         self._force_record = True
         self._event("step_start", step=step.number, name=step.name, setpoint=step.setpoint(),
-                    step_count=self.step_count, at=sample.test_time_s)
+                    step_count=self.step_count, cycle=self.cycle_count, at=sample.test_time_s,
+                    **({"loops": self._loops_text()} if self.loop_iteration else {}))
         self.reporter.step_started(self._status(sample))
 
-    def _end_step(self, sample: Sample, step: PlannedStep, step_time: float, end: PlannedEnd) -> bool:
+    def _end_step(self, sample: Sample, step_time: float, end: PlannedEnd) -> bool:
+        """Close the step and move the program on; True when the protocol has finished."""
+        step = self.step
         throughput = self.integrator.step
         self._event("step_end", step=step.number, name=step.name, reason=end.describe(), origin=end.origin,
                     step_time_s=round(step_time, 3), voltage_V=sample.voltage_V, current_A=sample.current_A,
                     charge_Ah=throughput.charge_Ah, discharge_Ah=throughput.discharge_Ah,
                     charge_Wh=throughput.charge_Wh, discharge_Wh=throughput.discharge_Wh)
-        if self.step_index + 1 >= len(self.plan.steps):
+        if step.tag:
+            self.step_discharges.setdefault(step.tag, []).append(throughput.discharge_Ah)
+        self.expected_done_s += step.expected_s
+        if not self._run_instructions(self.pc + 1 if end.target is None else end.target):
             return True
-        self.step_index += 1
         self._start_step(sample)
         self._checkpoint(sample)
         return False
@@ -266,8 +382,9 @@ class Runner:
     def _record(self, sample: Sample, row: list, forced: bool) -> None:
         last = self._last_recorded
         plan = self.plan
+        period = self.step.record_time_s or plan.record_time_s
         due = (forced or last is None
-               or sample.test_time_s - last.test_time_s >= plan.record_time_s - 1e-9
+               or sample.test_time_s - last.test_time_s >= period - 1e-9
                or (plan.record_voltage_V is not None and abs(sample.voltage_V - last.voltage_V) >= plan.record_voltage_V)
                or (plan.record_current_A is not None and abs(sample.current_A - last.current_A) >= plan.record_current_A))
         if not due:
@@ -278,11 +395,11 @@ class Runner:
         self._last_recorded = sample
 
     def _checkpoint(self, sample: Sample) -> None:
-        test, step = self.integrator.test, self.integrator.step
         self.store.checkpoint({
-            "test_time_s": sample.test_time_s, "step_index": self.step_index, "step_count": self.step_count,
-            "cycle_count": self.cycle_count, "step_started_at_s": self.step_started_at,
-            "records": self.records, "test_throughput": vars(test), "step_throughput": vars(step),
+            "test_time_s": sample.test_time_s, "program_counter": self.pc, "step_number": self.step.number,
+            "step_count": self.step_count, "cycle_count": self.cycle_count, "step_started_at_s": self.step_started_at,
+            "loop_iterations": self.loop_iteration, "records": self.records,
+            "test_throughput": vars(self.integrator.test), "step_throughput": vars(self.integrator.step),
             "cycle_throughput": vars(self.integrator.cycle),
         })
         self._last_checkpoint_wall = time.monotonic()
@@ -290,17 +407,23 @@ class Runner:
     def _event(self, kind: str, **fields) -> None:
         self.store.event(kind, self.clock.now(), self.clock.unix_time(), **fields)
 
+    def _loops_text(self) -> str:
+        loops = {i.loop.number: i.loop for i in self.plan.program if isinstance(i, LoopStart)}
+        return ", ".join(f"{loops[n].name}: {done + 1}/{loops[n].max_repeats}"
+                         for n, done in self.loop_iteration.items()
+                         if loops[n].start < self.pc < loops[n].end)
+
     def _status(self, sample: Sample) -> RunStatus:
-        step = self.plan.steps[self.step_index]
+        step = self.step
         started = sample.test_time_s if self.step_started_at is None else self.step_started_at
         step_time = sample.test_time_s - started
         step_progress = min(step_time / step.expected_s, 0.99) if step.expected_s > 0 else 0.0
-        done = sum(s.expected_s for s in self.plan.steps[: self.step_index])
         total = self.plan.expected_duration_s
-        overall = min((done + step_progress * step.expected_s) / total, 0.999) if total > 0 else 0.0
+        overall = min((self.expected_done_s + step_progress * step.expected_s) / total, 0.999) if total > 0 else 0.0
         throughput = self.integrator.step
-        return RunStatus(step, self.step_index + 1, len(self.plan.steps), sample, step_time,
-                         throughput.charge_Ah - throughput.discharge_Ah, step_progress, overall)
+        return RunStatus(step, self.step_count, len(self.plan.steps), sample, step_time,
+                         throughput.charge_Ah - throughput.discharge_Ah, step_progress, overall,
+                         self.cycle_count, self._loops_text() if self.loop_iteration else "")
 
     # --- the one way out -------------------------------------------------------------
 
@@ -317,7 +440,7 @@ class Runner:
                 if code in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
                     code = ExitCode.INSTRUMENT_FAULT
             self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
-                        steps_run=self.step_count)
+                        steps_run=self.step_count, cycles=self.cycle_count)
             outcome = RunOutcome(state, code, reason, self.store.folder, outputs_confirmed_off=problem is None,
                                  details={"overruns": self.overruns, "records": self.records})
             self.reporter.finished(outcome)

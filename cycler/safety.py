@@ -34,6 +34,8 @@ class SafetyLimits(BaseModel):
     min_temperature_degC: float | None = None
     max_pressure_MPa: float | None = None
     min_pressure_MPa: float | None = None
+    max_test_charge_Ah: float | None = Field(
+        None, gt=0, description="net charge into the DUT since the test started (charge - discharge)")
     debounce_s: float | None = Field(None, ge=0, description="how long a limit must be exceeded before it trips")
 
     @model_validator(mode="after")
@@ -59,6 +61,7 @@ class SafetyEnvelope:
     min_temperature_degC: float | None = None
     max_pressure_MPa: float | None = None
     min_pressure_MPa: float | None = None
+    max_test_charge_Ah: float | None = None
     debounce_s: float = 0.0
 
     @classmethod
@@ -94,7 +97,7 @@ class SafetyMonitor:
         self.envelope = envelope
         self._since: dict[str, float] = {}
 
-    def _violations(self, sample: Sample) -> list[tuple[str, str, float, float]]:
+    def _violations(self, sample: Sample, net_charge_Ah: float) -> list[tuple[str, str, float, float]]:
         """(limit name, where, value, limit) for every limit the sample is outside."""
         e = self.envelope
         found: list[tuple[str, str, float, float]] = []
@@ -120,11 +123,14 @@ class SafetyMonitor:
             check("temperature_degC", sensor, value)
         if sample.pressure_MPa is not None:
             check("pressure_MPa", "stack", sample.pressure_MPa)
+        if e.max_test_charge_Ah is not None and net_charge_Ah > e.max_test_charge_Ah:
+            found.append(("max_test_charge_Ah", "stack", net_charge_Ah, e.max_test_charge_Ah))
         return found
 
-    def check(self, sample: Sample) -> None:
+    def check(self, sample: Sample, net_charge_Ah: float = 0.0) -> None:
+        """Raise SafetyTrip if a limit has held past the debounce. `net_charge_Ah`: charge - discharge so far."""
         now = sample.test_time_s
-        violations = self._violations(sample)
+        violations = self._violations(sample, net_charge_Ah)
         active = set()
         for name, where, value, limit in violations:
             key = f"{name}@{where}"

@@ -31,6 +31,7 @@ from .analysis import SUMMARY_COLUMNS, cycle_summary, read_samples, result_line
 from .bench import BenchFile, ChannelConfig, load_bench
 from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
+from .control import control_for, rating_problems
 from .errors import InvalidInput
 from .plan import Plan, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
@@ -162,6 +163,23 @@ def _metadata(prepared: PreparedRun, opened: OpenBench, channel: Channel, column
         "columns": columns,
         "software": _software_versions(),
     }
+
+
+def check_against_instruments(prepared: PreparedRun) -> tuple[list[str], str]:
+    """Setpoints against the supply's ratings. Simulated instruments are asked in process;
+    real ones only when a run connects. Returns (problems, a note on what was checked)."""
+    if not prepared.bench.config.simulated:
+        return [], "instrument ranges are checked when a run connects to the bench"
+    config = prepared.channel
+    opened = open_bench(prepared.bench, {config.supply}, speed=None)
+    try:
+        supply = opened.drivers[config.supply]
+        controls = {step.number: control_for(step, prepared.plan.envelope, supply.ratings, supply.has_power_limits)
+                    for step in prepared.plan.steps}
+        return rating_problems(prepared.plan.steps, controls, supply.ratings), \
+            f"checked against the simulated {opened.identities[config.supply]}"
+    finally:
+        opened.close()
 
 
 @contextmanager

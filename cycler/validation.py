@@ -7,6 +7,7 @@ data, never code.
 
 from __future__ import annotations
 
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -14,7 +15,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import InvalidInput
+from .errors import InvalidInput, UnreadableInput
 
 M = TypeVar("M", bound=BaseModel)
 PathKey = tuple[Any, ...]
@@ -41,7 +42,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[PathKey, int]]:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise InvalidInput(f"{source}{where}: not valid YAML ({problem})") from None
+        raise UnreadableInput(f"{source}{where}: not valid YAML ({problem})") from None
     lines: dict[PathKey, int] = {}
     if node is not None:
         _line_map(node, (), lines)
@@ -63,7 +64,7 @@ def find_data_file(name_or_path: str, builtin: dict[str, Path], what: str, plura
         return candidate
     if name_or_path in builtin:
         return builtin[name_or_path]
-    raise InvalidInput(f"unknown {what} '{name_or_path}': not a {what} file and not a built-in {what}; "
+    raise UnreadableInput(f"unknown {what} '{name_or_path}': not a {what} file and not a built-in {what}; "
                        f"built-in {plural}: {', '.join(sorted(builtin))}")
 
 
@@ -71,9 +72,9 @@ def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as error:
-        raise InvalidInput(f"{path}: cannot read the {what} file ({error.strerror})") from None
+        raise UnreadableInput(f"{path}: cannot read the {what} file ({error.strerror})") from None
     except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: the {what} file is not UTF-8 text") from None
+        raise UnreadableInput(f"{path}: the {what} file is not UTF-8 text") from None
 
 
 def format_location(path: PathKey) -> str:
@@ -104,6 +105,9 @@ def _model_for(annotation: Any, value: Any) -> type[BaseModel] | None:
                 field = model.model_fields.get(tag)
                 if field is not None and value.get(tag) in get_args(field.annotation):
                     return model
+        untagged = [m for m in models if "step" not in m.model_fields and "kind" not in m.model_fields]
+        if len(untagged) == 1 and "step" not in value and "kind" not in value:
+            return untagged[0]
     return None
 
 
@@ -139,11 +143,18 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathKey:
     """Pydantic's error location as a path into the data, without the union tags it inserts."""
     path: list[Any] = []
     value = data
-    for key in loc:
+    after_index = False
+    for position, key in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(value, dict) and after_index and key in ("step", "loop") and not last:
+            after_index = False
+            continue  # the tag of a list item: a step or a loop
+        after_index = False
         if isinstance(value, dict) and key in value:
             value = value[key]
         elif isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value):
             value = value[key]
+            after_index = True
         elif isinstance(value, dict) and key in (value.get("step"), value.get("kind")):
             continue  # the tag of a discriminated union, not a field
         else:
@@ -152,13 +163,33 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathKey:
     return tuple(path)
 
 
+_LEADING_LOCATION = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.*)$", re.S)
+
+
+def parse_location(text: str) -> PathKey:
+    """'steps[2].until[0].goto' -> ('steps', 2, 'until', 0, 'goto')."""
+    return tuple(int(part) if part.isdigit() else part for part in re.findall(r"\w+", text))
+
+
+def _where(source: str, lines: dict[PathKey, int], path: PathKey) -> str:
+    line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
+    return f"{source}, line {line}" if line else source
+
+
 def describe_validation_error(error: ValidationError, source: str, data: Any,
                               lines: dict[PathKey, int], model: type[BaseModel]) -> str:
     messages = []
     for item in error.errors():
         path = _data_path(tuple(item["loc"]), data)
-        line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
-        where = f"{source}, line {line}" if line else source
+        if item["type"] == "value_error" and "\n" in item["msg"] or (
+                item["type"] == "value_error" and _LEADING_LOCATION.match(item["msg"].removeprefix("Value error, "))):
+            # a whole-file check: one problem a line, each starting with the field it is about
+            for problem in item["msg"].removeprefix("Value error, ").splitlines():
+                located = _LEADING_LOCATION.match(problem)
+                inner = path + parse_location(located[1]) if located else path
+                messages.append(f"{_where(source, lines, inner)}: {problem}")
+            continue
+        where = _where(source, lines, path)
         field = format_location(path)
         if item["type"] == "extra_forbidden":
             accepted = _accepted_fields(model, data, path[:-1])

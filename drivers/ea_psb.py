@@ -35,12 +35,16 @@ def _within(span: float, rating: str):
 
 class EaPsb10000(ScpiDriver, BidirectionalSupply):
     FRIENDLY_NAME = "EA PSB 10000"
+    has_power_limits = True
 
     voltage_V = Setting("VOLT {}", "VOLT?", "voltage set value", limits=_within(SETPOINT_SPAN, "voltage_V"))
     source_current_A = Setting("CURR {}", "CURR?", "source (charge) current limit",
                                limits=_within(SETPOINT_SPAN, "current_A"))
     sink_current_A = Setting("SINK:CURR {}", "SINK:CURR?", "sink (discharge) current limit",
                              limits=_within(SETPOINT_SPAN, "current_A"))
+    source_power_W = Setting("POW {}", "POW?", "source (charge) power limit", limits=_within(SETPOINT_SPAN, "power_W"))
+    sink_power_W = Setting("SINK:POW {}", "SINK:POW?", "sink (discharge) power limit",
+                           limits=_within(SETPOINT_SPAN, "power_W"))
     over_voltage_V = Setting("VOLT:PROT {}", "VOLT:PROT?", "over-voltage protection threshold",
                              limits=_within(PROTECTION_SPAN, "voltage_V"))
     over_current_A = Setting("CURR:PROT {}", "CURR:PROT?", "over-current protection threshold",
@@ -51,6 +55,7 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
     def __init__(self, transport):
         super().__init__(transport)
         self._ratings: SupplyRatings | None = None
+        self._sent: dict[str, float] = {}  # last set values sent, so unchanged ones are not resent
 
     @property
     def ratings(self) -> SupplyRatings:
@@ -82,11 +87,18 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
             self.over_voltage_V = over_voltage_V
             self.over_current_A = over_current_A
 
-    def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float) -> None:
+    def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float,
+                 source_power_W: float | None = None, sink_power_W: float | None = None) -> None:
+        wanted = {"voltage_V": voltage_V, "source_current_A": source_limit_A, "sink_current_A": sink_limit_A,
+                  "source_power_W": self.ratings.power_W if source_power_W is None else source_power_W,
+                  "sink_power_W": self.ratings.power_W if sink_power_W is None else sink_power_W}
+        changed = {name: value for name, value in wanted.items() if self._sent.get(name) != value}
+        if not changed:
+            return
         with self.batch():
-            self.voltage_V = voltage_V
-            self.source_current_A = source_limit_A
-            self.sink_current_A = sink_limit_A
+            for name, value in changed.items():
+                setattr(self, name, value)
+        self._sent.update(changed)
 
     def set_output(self, on: bool) -> None:
         self.output = on
@@ -103,6 +115,7 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
 
     def safe_state(self) -> None:
         # Sent unchecked first, so that a full error queue cannot delay the switch-off.
+        self._sent.clear()
         self.write("OUTP OFF")
         if self.output:
             raise InstrumentError(f"{self.resource}: output still on after OUTP OFF")

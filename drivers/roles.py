@@ -31,6 +31,7 @@ class BidirectionalSupply(ABC):
 
     identity: str
     resource: str
+    has_power_limits: bool = False  # True if regulate() honours source/sink power limits natively
 
     @abstractmethod
     def connect(self) -> str:
@@ -45,7 +46,9 @@ class BidirectionalSupply(ABC):
         """Arm the instrument's own protection: the second line of defence if the host fails."""
 
     @abstractmethod
-    def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float) -> None: ...
+    def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float,
+                 source_power_W: float | None = None, sink_power_W: float | None = None) -> None:
+        """Voltage priority with current clamps and, where the model has them, power limits (None: none)."""
 
     @abstractmethod
     def set_output(self, on: bool) -> None: ...

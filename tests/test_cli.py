@@ -97,13 +97,13 @@ def test_an_unknown_field_is_named_with_file_line_and_accepted_fields(tmp_path):
     code, output = cycler("plan", str(bad), cwd=tmp_path)
     assert code == ExitCode.INVALID_INPUT
     assert f"{bad}, line 4: unknown field 'steps[0].curent_C'" in output
-    assert "accepted here: name, until, max_duration_s, current_A, current_C, step" in output
+    assert "accepted here: name, tag, until, max_duration_s, record_time_s, step, current_A, current_C" in output
 
 
 def test_plan_shows_steps_time_bounds_and_armed_limits_without_switching_anything_on(tmp_path):
     code, output = cycler("plan", "capacity-check", cwd=tmp_path)
     assert code == 0
-    assert "CC +0.6666 A then CV 97.750 V" in output
+    assert "CC +0.6666 A then CV 97.75 V" in output
     assert "6 h (default)" in output  # 2/C hours at C/3
     assert "max_layer_voltage_V = 4.4" in output
     assert not (tmp_path / "runs").exists()

@@ -91,10 +91,20 @@ def test_psb_says_so_when_remote_control_is_not_granted():
         EaPsb10000(transport).connect()
 
 
-def test_psb_regulate_sends_the_three_set_values_then_checks_errors_once():
+def test_psb_regulate_sends_the_set_values_then_checks_errors_once():
     psb, transport = connected_psb(("VOLT 97.75", None), ("CURR 0.6666", None), ("SINK:CURR 0.0", None),
-                                   ("SYST:ERR?", NO_ERROR_EA))
+                                   ("POW 1500.0", None), ("SINK:POW 1500.0", None), ("SYST:ERR?", NO_ERROR_EA))
     psb.regulate(97.75, 0.6666, 0.0)
+    transport.done()
+
+
+def test_psb_regulate_resends_only_what_changed():
+    psb, transport = connected_psb(("VOLT 97.75", None), ("CURR 0.6666", None), ("SINK:CURR 0.0", None),
+                                   ("POW 1500.0", None), ("SINK:POW 1500.0", None), ("SYST:ERR?", NO_ERROR_EA),
+                                   ("CURR 0.5", None), ("POW 40.0", None), ("SYST:ERR?", NO_ERROR_EA))
+    psb.regulate(97.75, 0.6666, 0.0)
+    psb.regulate(97.75, 0.6666, 0.0)  # nothing changed: nothing sent
+    psb.regulate(97.75, 0.5, 0.0, source_power_W=40.0)
     transport.done()
 
 

@@ -11,9 +11,10 @@ from stackcycler.plan import PlannedEnd, PlannedStep
 from stackcycler.runner import RunStatus
 from stackcycler.sample import Sample
 
-STEP = PlannedStep(1, "charge", "cccv", "CCCV_CHG", 0.6666, 97.75, None,
-                   (PlannedEnd("current", "below", 0.1, "until[0]"), PlannedEnd("step_time", "above", 21600, "time bound")),
-                   21600, True, 12000)
+STEP = PlannedStep(number=1, name="charge", kind="cccv", step_type="CCCV_CHG",
+                   ends=(PlannedEnd("current", "below", 0.1, "until[0]"),
+                         PlannedEnd("step_time", "above", 21600, "time bound")),
+                   time_bound_s=21600, time_bound_is_default=True, expected_s=12000, current_A=0.6666, voltage_V=97.75)
 
 
 def status(layers) -> RunStatus:
@@ -42,5 +43,5 @@ def test_plain_reporter_prints_timestamped_lines_at_its_interval():
     reporter.step_started(status([3.7]))
     reporter.tick(status([3.7]))
     lines = stream.getvalue().splitlines()
-    assert lines[0].endswith("start step 1/4 charge: CC +0.6666 A then CV 97.750 V; ends on |I| ≤ 0.1 A, step time 6 h")
+    assert lines[0].endswith("start step 1/4 charge: CC +0.6666 A then CV 97.75 V; ends on |I| ≤ 0.1 A, step time 6 h")
     assert lines[1][19:21] == "Z " and "| V 85.100 V |" in lines[1]

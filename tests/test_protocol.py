@@ -8,7 +8,7 @@ import pytest
 
 from stackcycler.bench import load_bench
 from stackcycler.errors import InvalidInput
-from stackcycler.plan import CURRENT_END_BLANKING_S, PlannedEnd, bind
+from stackcycler.plan import CURRENT_END_BLANKING_S, EndContext, PlannedEnd, bind
 from stackcycler.protocols import builtin_protocols, load_protocol
 from stackcycler.safety import SafetyEnvelope
 from stackcycler.sample import Sample
@@ -86,15 +86,16 @@ def test_an_unknown_field_names_file_line_field_and_the_accepted_fields(tmp_path
     with pytest.raises(InvalidInput) as caught:
         load_protocol(str(path))
     assert str(caught.value) == (f"{path}, line 5: unknown field 'steps[0].duraton_s'; "
-                                 "accepted here: name, until, max_duration_s, step, duration_s")
+                                 "accepted here: name, tag, until, max_duration_s, record_time_s, step, duration_s")
 
 
 def test_an_unknown_step_type_lists_the_step_types(tmp_path):
-    path = write(tmp_path, "name: t\nsteps:\n  - step: pulse\n")
+    path = write(tmp_path, "name: t\nsteps:\n  - step: pulsar\n")
     with pytest.raises(InvalidInput) as caught:
         load_protocol(str(path))
     message = str(caught.value)
-    assert f"{path}, line 3" in message and "'rest', 'cc', 'cv', 'cccv'" in message
+    assert f"{path}, line 3" in message
+    assert "'rest', 'cc', 'cv', 'cccv', 'cp', 'cr', 'pulse', 'profile', 'eis', 'next_cycle'" in message
 
 
 def test_a_missing_required_field_is_named(tmp_path):
@@ -111,14 +112,14 @@ def test_an_end_condition_must_name_exactly_one_quantity(tmp_path):
 
 
 def test_a_step_current_beyond_the_safety_envelope_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(InvalidInput, match=r"current \+3 A is not at least 2% below the safety limit "
-                                           r"max_charge_current_A = 2.2 A"):
+    with pytest.raises(InvalidInput, match=r"steps\[0\]: a current of \+3 A is not at least 2% below the safety "
+                                           r"limit max_charge_current_A = 2.2 A"):
         plan_for(tmp_path, CC.format(rate=1.5))
 
 
 def test_a_cv_voltage_outside_the_envelope_is_refused(tmp_path):
     text = "name: t\nsteps:\n  - step: cv\n    voltage_V: 101\n    max_duration_s: 60\n"
-    with pytest.raises(InvalidInput, match=r"voltage 101 V is outside the safety envelope 57.5 to 99.0 V"):
+    with pytest.raises(InvalidInput, match=r"the voltage 101 V is outside the safety envelope 57.5 to 99.0 V"):
         plan_for(tmp_path, text)
 
 
@@ -146,5 +147,5 @@ def test_non_time_ends_are_checked_before_time_ends(tmp_path):
 def test_current_ends_are_blanked_at_the_start_of_a_step():
     end = PlannedEnd("current", "below", 0.1, "until[0]")
     quiet = Sample(0.0, 0.0, 90.0, 0.0)
-    assert not end.reached(quiet, step_time_s=CURRENT_END_BLANKING_S - 0.5)
-    assert end.reached(quiet, step_time_s=CURRENT_END_BLANKING_S)
+    assert not end.reached(EndContext(quiet, CURRENT_END_BLANKING_S - 0.5, 0.0, 0.0, None))
+    assert end.reached(EndContext(quiet, CURRENT_END_BLANKING_S, 0.0, 0.0, None))

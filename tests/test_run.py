@@ -47,7 +47,7 @@ def test_capacity_check_runs_its_four_steps_in_order_with_end_reasons(run_protoc
     assert [e["name"] for e in ends] == ["charge", "rest after charge", "discharge", "rest after discharge"]
     assert ends[0]["reason"] == "|I| ≤ 0.1 A"  # CV taper to C/20 of 2 Ah
     assert ends[1]["reason"] == "step time 1 min" and ends[3]["reason"] == "step time 1 min"
-    assert ends[2]["reason"] == "V ≤ 69.000 V"
+    assert ends[2]["reason"] == "V ≤ 69 V"
     assert ends[2]["voltage_V"] <= 69.0
 
 
