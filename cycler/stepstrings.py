@@ -85,13 +85,13 @@ def _end(until: str, text: str, verb: str, sign: int) -> dict[str, float]:
     operator = until[0] if until[:1] in ("<", ">") else None
     kind, value = parse_electric(until[1:] if operator else until, text)
     if kind == "voltage":
+        if verb == "hold":
+            raise _fail(text, "a hold keeps the voltage constant, so it cannot end on a voltage")
         if operator is None:
-            if verb in ("rest", "hold"):
-                raise _fail(text, f"a voltage end on a {verb} step needs < or > (e.g. 'until < {value:g} V'): "
+            if verb == "rest":
+                raise _fail(text, f"a voltage end on a rest needs < or > (e.g. 'until < {value:g} V'): "
                                   "which way the voltage goes is not known")
             operator = ">" if sign > 0 else "<"
-        elif verb == "hold":
-            raise _fail(text, "a hold keeps the voltage constant, so it cannot end on a voltage")
         return {"voltage_above_V" if operator == ">" else "voltage_below_V": value}
     if kind == "current":
         if operator is None:
