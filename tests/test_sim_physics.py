@@ -32,7 +32,7 @@ def test_terminal_voltage_is_the_sum_of_the_layers_plus_the_interconnect_drop():
 
 
 def test_coulomb_counting_per_layer_and_for_the_stack():
-    model = stack(coulombic_efficiency=0.998)
+    model = stack(coulombic_efficiency=0.998, capacity_fade_per_efc=0.0)
     soc0 = model.soc.copy()
     model.advance(2.0, 1800.0)  # 1 Ah in
     assert model.soc - soc0 == pytest.approx(0.998 * 1.0 / model.capacity_Ah)
@@ -40,6 +40,15 @@ def test_coulomb_counting_per_layer_and_for_the_stack():
     model.advance(-1.0, 1800.0)  # 0.5 Ah out, all of it counted
     assert model.soc - soc0 == pytest.approx((0.998 - 0.5) / model.capacity_Ah)
     assert model.discharged_Ah == pytest.approx(0.5)
+
+
+def test_capacity_fades_and_resistance_grows_with_equivalent_full_cycles():
+    model = stack(capacity_fade_per_efc=0.01, resistance_growth_per_efc=0.02)
+    fresh_capacity, fresh_r0 = model.capacity_Ah.copy(), model.r0_ref_ohm.copy()
+    model.advance(2.05, 3600.0)  # 2.05 Ah in: one EFC of a 2.05 Ah layer is 4.1 Ah moved
+    assert model.equivalent_full_cycles == pytest.approx(0.5)
+    assert model.capacity_Ah == pytest.approx(fresh_capacity * (1 - 0.01 * 0.5))
+    assert model.r0_ref_ohm == pytest.approx(fresh_r0 * (1 + 0.02 * 0.5))
 
 
 def test_the_rc_branch_follows_the_exact_exponential():

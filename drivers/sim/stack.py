@@ -44,6 +44,9 @@ class StackParameters(BaseModel):
     tau1_s: float = Field(40.0, gt=0)
     interconnect_ohm: float = Field(0.002, ge=0, description="terminals and current collectors, whole stack")
     coulombic_efficiency: float = Field(0.998, gt=0.5, le=1.0, description="fraction of charge stored")
+    # ageing, per equivalent full cycle (EFC = charge moved either way / 2 / nominal layer capacity)
+    capacity_fade_per_efc: float = Field(0.0002, ge=0, lt=0.1, description="0.0002: 80 % after 1000 EFC")
+    resistance_growth_per_efc: float = Field(0.0005, ge=0, lt=1.0)
     activation_energy_J_per_mol: float = Field(30e3, ge=0, description="Arrhenius factor of R0 and R1")
     reference_temperature_degC: float = 25.0
     initial_soc: float = Field(0.003, ge=-0.05, le=1.05, description="default: where a C/3 discharge to 3.0 V leaves a layer")
@@ -84,6 +87,8 @@ class StackModel:
                 raise ValueError(f"layer_capacity_scale names layer {layer}, but the stack has {n} layers")
             self.capacity_Ah[layer - 1] *= factor
         self.r0_ref_ohm = params.r0_ohm * np.clip(1 + params.r0_spread * rng.standard_normal(n), 0.2, None)
+        self._fresh_capacity_Ah = self.capacity_Ah.copy()
+        self._fresh_r0_ohm = self.r0_ref_ohm.copy()
         self.r1_ref_ohm = np.full(n, params.r1_ohm)
         self.soc = params.initial_soc + params.initial_soc_spread * rng.standard_normal(n)
         self.v_rc = np.zeros(n)
@@ -122,6 +127,15 @@ class StackModel:
     def terminal_voltage_V(self) -> float:
         return float(np.sum(self.layer_voltages_V())) + self.current_A * self.params.interconnect_ohm
 
+    @property
+    def equivalent_full_cycles(self) -> float:
+        return (self.charged_Ah + self.discharged_Ah) / 2.0 / self.params.layer_capacity_Ah
+
+    def _age(self) -> None:
+        efc = self.equivalent_full_cycles
+        self.capacity_Ah = self._fresh_capacity_Ah * max(1.0 - self.params.capacity_fade_per_efc * efc, 0.05)
+        self.r0_ref_ohm = self._fresh_r0_ohm * (1.0 + self.params.resistance_growth_per_efc * efc)
+
     def pressure_MPa(self) -> float:
         p = self.params
         return (p.preload_MPa + p.swelling_MPa_per_soc * float(np.mean(self.soc))
@@ -150,6 +164,7 @@ class StackModel:
             self.discharged_Ah += -current_A * dt_s / 3600.0
             self.discharged_Wh += -terminal_V * current_A * dt_s / 3600.0
         self.soc = self.soc + stored_Ah / self.capacity_Ah
+        self._age()
 
         decay = math.exp(-dt_s / p.tau1_s)  # exact for constant current over the interval
         self.v_rc = self.v_rc * decay + current_A * r1 * (1 - decay)
