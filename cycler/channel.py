@@ -85,13 +85,16 @@ class Channel:
             pressure = config.pressure.fixture.pressure_MPa(volts) if math.isfinite(volts) else math.nan
         return Sample(t, unix, voltage, current, layers, temperatures, ambient, pressure)
 
-    def apply(self, command: OutputCommand | None) -> None:
+    def apply(self, command: OutputCommand | None) -> bool:
+        """Bring the supply to `command` (None: output off); True if anything had to change."""
         if command is None:
+            changed = self._output_on
             if self._output_on:
                 self.supply.set_output(False)
                 self._output_on = False
             self._command = None
-            return
+            return changed
+        changed = command != self._command or not self._output_on
         if command != self._command:
             self.supply.regulate(command.voltage_V, command.source_limit_A, command.sink_limit_A,
                                  command.source_power_W, command.sink_power_W)
@@ -99,6 +102,7 @@ class Channel:
         if not self._output_on:
             self.supply.set_output(True)
             self._output_on = True
+        return changed
 
     def check_health(self) -> None:
         """Error queues empty and outputs where we left them; raises InstrumentError otherwise."""

@@ -41,9 +41,14 @@ class OutputCommand:
 
 
 class StepControl:
-    """The command for a step; `dynamic` ones change from tick to tick."""
+    """The command for a step; `dynamic` ones change from tick to tick.
+
+    `steps_on_change`: a change of command is a step in current (a step start, a pulse edge), so
+    the runner measures again at once and the charge count sees the edge where it happened;
+    smooth controls (software loops, linear profiles) change a little every tick and need not."""
 
     dynamic = False
+    steps_on_change = True
 
     def command(self, step_time_s: float, sample: Sample | None) -> OutputCommand | None:
         raise NotImplementedError
@@ -93,6 +98,7 @@ class SoftwarePower(StepControl):
     watts: float
     limits: _Limits
     dynamic = True
+    steps_on_change = False
 
     def command(self, step_time_s, sample):
         voltage = sample.voltage_V if sample is not None and sample.voltage_V > 0 else None
@@ -104,6 +110,7 @@ class SoftwareResistance(StepControl):
     ohms: float
     limits: _Limits
     dynamic = True
+    steps_on_change = False
 
     def command(self, step_time_s, sample):
         voltage = sample.voltage_V if sample is not None else 0.0
@@ -116,6 +123,10 @@ class WaveformControl(StepControl):
     limits: _Limits
     native_power: bool
     dynamic = True
+
+    @property
+    def steps_on_change(self) -> bool:
+        return self.step.waveform.interpolation == "step"
 
     def command(self, step_time_s, sample):
         value = self.step.waveform.value_at(step_time_s)

@@ -46,7 +46,17 @@ from .stepstrings import parse_step_string
 DUT_FIELDS = ("charge_voltage_V", "discharge_voltage_V", "nominal_capacity_Ah", "layers")
 GOTO_KEYWORDS = ("next", "end_of_loop", "exit_loop", "end_of_test")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-Number = Union[float, str]  # a number, or "$parameter" / "-$parameter"
+def _numeric_text(value: Any) -> Any:
+    """YAML 1.1 reads '1e5' as text; a string that is a number is that number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Number = Annotated[Union[float, str], BeforeValidator(_numeric_text)]  # a number, "$parameter" or "-$parameter"
 
 # Sizes that mean a unit mistake on a lab bench (the value is probably in mV, mA or ms).
 IMPLAUSIBLE = {"_V": 2000.0, "_A": 2000.0, "_W": 1e6, "_s": 400 * 86400.0}
@@ -346,7 +356,7 @@ class Requirements(_Strict):
 class Protocol(_Strict):
     name: str = ""
     description: str = ""
-    parameters: dict[str, Union[float, str]] = Field(
+    parameters: dict[str, Number] = Field(
         default_factory=dict, description="name -> number, or 'dut.<field>' to take it from the DUT")
     record: RecordCriteria = RecordCriteria()
     safety: SafetyLimits = SafetyLimits()

@@ -247,14 +247,29 @@ class Runner:
             self.channel.check_health()
             if self._end_step(sample, step_time, end):
                 return True
-        self.channel.apply(self.control.command(sample.test_time_s - self.step_started_at, sample))
+        starting = end is not None or self.step_count == 1 and step_time == 0
+        changed = self.channel.apply(self.control.command(sample.test_time_s - self.step_started_at, sample))
         if end is not None or sample.test_time_s >= self._next_health_check:
             self.channel.check_health()
             self._next_health_check = sample.test_time_s + HEALTH_CHECK_INTERVAL_S
+        if changed and (starting or self.control.steps_on_change):
+            self._measure_after_switch()
         if time.monotonic() - self._last_checkpoint_wall >= CHECKPOINT_INTERVAL_WALL_S:
             self._checkpoint(sample)
         self.reporter.tick(self._status(sample))
         return False
+
+    def _measure_after_switch(self) -> None:
+        """A sample right after a step in current, as cyclers take one at every step change: the
+        charge count then sees the edge where it happened, not spread over the tick before."""
+        sample = self.channel.measure()
+        self.integrator.update(sample)
+        row = self._row(sample, self.step, sample.test_time_s - self.step_started_at)
+        test = self.integrator.test
+        try:
+            self.safety.check(sample, test.charge_Ah - test.discharge_Ah)
+        finally:
+            self._record(sample, row, forced=True)
 
     def _reached_end(self, sample: Sample, step_time: float) -> PlannedEnd | None:
         throughput = self.integrator.step

@@ -23,3 +23,17 @@ def run_protocol(tmp_path: Path):
         return execute(prepare(request), reporter or SilentReporter(), stop)
 
     return run
+
+
+@pytest.fixture
+def run_text(tmp_path: Path, run_protocol):
+    """Run a protocol given as YAML text (written to a file beside the test's runs)."""
+    counter = {"n": 0}
+
+    def run(text: str, bench: str = "sim", **kwargs) -> RunResult:
+        counter["n"] += 1
+        path = tmp_path / f"protocol-{counter['n']}.yaml"
+        path.write_text(text)
+        return run_protocol(protocol=str(path), bench=bench, overrides=kwargs.pop("overrides", {}), **kwargs)
+
+    return run

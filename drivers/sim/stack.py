@@ -45,7 +45,7 @@ class StackParameters(BaseModel):
     interconnect_ohm: float = Field(0.002, ge=0, description="terminals and current collectors, whole stack")
     coulombic_efficiency: float = Field(0.998, gt=0.5, le=1.0, description="fraction of charge stored")
     # ageing, per equivalent full cycle (EFC = charge moved either way / 2 / nominal layer capacity)
-    capacity_fade_per_efc: float = Field(0.0002, ge=0, lt=0.1, description="0.0002: 80 % after 1000 EFC")
+    capacity_fade_per_efc: float = Field(0.0002, ge=0, le=0.5, description="0.0002: 80 % after 1000 EFC")
     resistance_growth_per_efc: float = Field(0.0005, ge=0, lt=1.0)
     activation_energy_J_per_mol: float = Field(30e3, ge=0, description="Arrhenius factor of R0 and R1")
     reference_temperature_degC: float = 25.0
