@@ -5,8 +5,10 @@ on supplies that have them, power limits (see drivers/roles.py). A step's contro
 command for the current tick, or None for open circuit.
 
 * CC: the current clamp is the step current; the voltage is set just beyond the step's voltage
-  end (or at the safety envelope when it has none), so the supply stays in CC until the runner
-  sees the end voltage, and a host that dies leaves the stack only a little past it.
+  end, so the supply stays in CC until the runner sees the end voltage, and a host that dies
+  leaves the stack only a little past it. A step with no voltage end of its own (a pulse, a
+  profile, a timed CC) is clamped at the DUT's end-of-charge or end-of-discharge voltage: like
+  an ISO 12405-4 pulse that reaches the limit, it turns CV there, inside the safety envelope.
 * CC-CV: current clamp = the step current, voltage = the CV voltage; the supply crosses over.
 * CV: the voltage, with the step's current limit (or the envelope's) both ways.
 * CP: native on a supply with power limits (power limit = the step power, the current clamp
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from stackcycler.drivers.roles import SupplyRatings
 
+from .bench import DutSpec
 from .plan import PlannedStep
 from .safety import SafetyEnvelope
 from .sample import Sample
@@ -65,19 +68,22 @@ class StaticControl(StepControl):
 class _Limits:
     """The clamps a step's commands are built with."""
 
-    def __init__(self, step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings):
+    def __init__(self, step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings, dut: DutSpec):
         self.charge_A = envelope.max_charge_current_A or ratings.current_A
         self.discharge_A = envelope.max_discharge_current_A or ratings.current_A
-        self.high_V = self._clamp(step, envelope.max_voltage_V or ratings.voltage_V, "above", +1)
-        self.low_V = self._clamp(step, envelope.min_voltage_V or 0.0, "below", -1)
+        ceiling = envelope.max_voltage_V or ratings.voltage_V
+        floor = envelope.min_voltage_V or 0.0
+        self.high_V = self._clamp(step, ceiling, dut.charge_voltage_V, "above", +1)
+        self.low_V = self._clamp(step, floor, dut.discharge_voltage_V, "below", -1)
 
     @staticmethod
-    def _clamp(step: PlannedStep, envelope_V: float, direction: str, sign: int) -> float:
+    def _clamp(step: PlannedStep, envelope_V: float, operating_V: float | None, direction: str, sign: int) -> float:
         ends = [e.value for e in step.ends if e.quantity == "voltage" and e.direction == direction]
-        if not ends:
-            return envelope_V
-        target = min(ends) if sign > 0 else max(ends)
-        clamp = target + sign * max(CLAMP_MARGIN_FRACTION * target, CLAMP_MARGIN_MIN_V)
+        if ends:
+            target = min(ends) if sign > 0 else max(ends)
+            clamp = target + sign * max(CLAMP_MARGIN_FRACTION * target, CLAMP_MARGIN_MIN_V)
+        else:
+            clamp = operating_V if operating_V is not None else envelope_V
         return min(clamp, envelope_V) if sign > 0 else max(clamp, envelope_V)
 
     def current(self, amps: float) -> OutputCommand:
@@ -137,9 +143,9 @@ class WaveformControl(StepControl):
         return SoftwarePower(value, self.limits).command(step_time_s, sample)
 
 
-def control_for(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings,
-                native_power: bool) -> StepControl:
-    limits = _Limits(step, envelope, ratings)
+def control_for(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRatings, native_power: bool,
+                dut: DutSpec) -> StepControl:
+    limits = _Limits(step, envelope, ratings, dut)
     if step.kind == "rest":
         return StaticControl(None)
     if step.kind == "cc":

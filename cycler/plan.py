@@ -399,14 +399,13 @@ def _waveform(binder: _Binder, step: PulseStep | ProfileStep, where: str) -> Wav
     if not rows:
         return None
     times = [r[0] for r in rows]
-    values = [r[1] for r in rows]
+    scale = binder.number(step.scale)
+    values = [r[1] * scale for r in rows]
     if step.quantity == "current_C":
         values = [binder.amps_from_c(v, f"{where}.quantity") for v in values]
     quantity = "power" if step.quantity == "power_W" else "current"
-    # A stepwise profile holds its last value for one more interval, so that looping keeps
-    # each point's duration; a linear one ends on its last point.
-    period = times[-1] + ((times[-1] - times[-2]) if step.interpolation == "step" else 0.0)
-    return Waveform(quantity, tuple(times), tuple(values), step.interpolation, period)
+    # The last point's time ends one pass of the profile (linear or stepwise alike).
+    return Waveform(quantity, tuple(times), tuple(values), step.interpolation, times[-1])
 
 
 def _step_type(kind: str, sign: float) -> str:

@@ -16,7 +16,7 @@ Steps (each a mapping with `step:`, or a PyBaMM-style string, see stepstrings.py
     cr          constant resistance `resistance_ohm` (discharge only)
     pulse       `segments` of (current or power, duration), repeated `repeat` times
     profile     a current or power profile from `table` or `file` (two columns: time, value),
-                `interpolation: linear|step`, looped while the step lasts longer than it
+                `interpolation: linear|step`, `scale`, looped while the step lasts longer than it
     eis         impedance spectroscopy placeholder: refused on benches that cannot do it
     next_cycle  advances `Cycle Count`
 and loops, nested freely: `{repeat: N, steps: [...]}` or `{until: [...], max_repeats: N, steps: [...]}`.
@@ -246,7 +246,9 @@ class ProfileStep(_Step):
     quantity: Literal["current_A", "current_C", "power_W"] = Field(description="what the second column is")
     table: list[tuple[float, float]] | None = Field(None, description="[[time_s, value], ...], from t = 0")
     file: str | None = Field(None, description="CSV with two columns (time_s, value); relative to the protocol")
-    interpolation: Literal["linear", "step"] = "linear"
+    interpolation: Literal["linear", "step"] = Field(
+        "linear", description="step: each value holds until the next point; the last point's time ends a pass")
+    scale: Number = Field(1.0, description="multiplies every value, e.g. a peak power for a table of fractions")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ProfileStep":

@@ -194,8 +194,8 @@ class Runner:
         checked against the supply's ratings, before anything is switched on."""
         self.channel.configure(self.plan.envelope)
         supply = self.channel.supply
-        self._controls = {step.number: control_for(step, self.plan.envelope, supply.ratings, supply.has_power_limits)
-                          for step in self.plan.steps}
+        self._controls = {step.number: control_for(step, self.plan.envelope, supply.ratings, supply.has_power_limits,
+                                                   self.plan.dut) for step in self.plan.steps}
         problems = rating_problems(self.plan.steps, self._controls, supply.ratings)
         if problems:
             raise InvalidInput("\n".join(f"{self.plan.protocol_path}: {p}" for p in problems))

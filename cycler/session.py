@@ -174,8 +174,8 @@ def check_against_instruments(prepared: PreparedRun) -> tuple[list[str], str]:
     opened = open_bench(prepared.bench, {config.supply}, speed=None)
     try:
         supply = opened.drivers[config.supply]
-        controls = {step.number: control_for(step, prepared.plan.envelope, supply.ratings, supply.has_power_limits)
-                    for step in prepared.plan.steps}
+        controls = {step.number: control_for(step, prepared.plan.envelope, supply.ratings, supply.has_power_limits,
+                                             prepared.plan.dut) for step in prepared.plan.steps}
         return rating_problems(prepared.plan.steps, controls, supply.ratings), \
             f"checked against the simulated {opened.identities[config.supply]}"
     finally:
