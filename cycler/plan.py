@@ -157,7 +157,7 @@ class Waveform:
 
 @dataclass(frozen=True)
 class PlannedStep:
-    number: int  # Step ID: position in the protocol file, from 1
+    number: int  # Step ID: its place among the protocol's steps in file order, from 1
     name: str
     kind: Literal["rest", "cc", "cv", "cccv", "cp", "cr", "pulse", "profile", "eis"]
     step_type: str  # Battery Data Format step type
@@ -626,7 +626,6 @@ def bind(protocol: Protocol, protocol_path: Path, protocol_text: str, channel: C
         elif kind == "loop_end":
             program.append(LoopEnd(planned_loops[loop_ids[id(item)]]))
         elif kind == "cycle":
-            number += 1
             program.append(CycleMark(item.name or "next cycle", item.tag))
         else:
             number += 1
