@@ -31,7 +31,7 @@ MAX_EXTENDS_DEPTH = 8
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DutSpec(_Strict):

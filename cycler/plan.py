@@ -42,6 +42,7 @@ C_RATE_TIME_BOUND_FACTOR = 2.0
 CURRENT_END_BLANKING_S = 5.0
 VOLTAGE_RATE_WINDOW_S = 600.0
 CV_EXPECTED_S = 3600.0  # a guess for progress display only
+MAX_TIME_BOUND_S = 400 * 86400.0  # longer than any real step: a unit mistake or a vanishing current
 # A step current this close to its safety limit would trip on measurement noise alone
 # (Arbin's default current safety scope sits at 105 % of the step current).
 CURRENT_LIMIT_MARGIN = 0.02
@@ -467,8 +468,10 @@ def _plan_step(binder: _Binder, step, number: int, where: str, ends: list[Planne
         bound, default = C_RATE_TIME_BOUND_FACTOR * 3600.0 * dut.nominal_capacity_Ah / abs(values["current_A"]), True
     else:
         bound, default = DEFAULT_TIME_BOUND_S, True
-    if not bound > 0:
-        binder.problem(f"{where}: the duration must be > 0, got {bound}")
+    if not 0 < bound <= MAX_TIME_BOUND_S:
+        binder.problem(f"{where}: the step's time bound would be {format_duration(bound)}; it must be more than "
+                       f"0 and at most {format_duration(MAX_TIME_BOUND_S)} (a current this small? "
+                       "give the step a max_duration_s)")
         bound = DEFAULT_TIME_BOUND_S
     origin = "duration" if intrinsic is not None and getattr(step, "max_duration_s", None) is None else "time bound"
     ends = sorted(ends, key=lambda e: e.quantity == "step_time")

@@ -34,6 +34,7 @@ numbers whose size betrays a unit mistake (a 4200 V limit is 4200 mV).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Iterator, Literal, Union
 
@@ -47,12 +48,15 @@ DUT_FIELDS = ("charge_voltage_V", "discharge_voltage_V", "nominal_capacity_Ah", 
 GOTO_KEYWORDS = ("next", "end_of_loop", "exit_loop", "end_of_test")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _numeric_text(value: Any) -> Any:
-    """YAML 1.1 reads '1e5' as text; a string that is a number is that number."""
+    """YAML 1.1 reads '1e5' as text: a string that is a number is that number. NaN and infinity
+    (YAML's .nan, .inf) are refused: no setpoint, limit or time may be one."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
     return value
 
 
@@ -63,7 +67,7 @@ IMPLAUSIBLE = {"_V": 2000.0, "_A": 2000.0, "_W": 1e6, "_s": 400 * 86400.0}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def referenced_parameter(value: str) -> str | None:

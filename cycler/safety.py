@@ -22,7 +22,7 @@ from .sample import Sample
 class SafetyLimits(BaseModel):
     """Safety limits as written in a bench (DUT) or protocol file. Every field is optional."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_voltage_V: float | None = Field(None, description="stack terminal voltage")
     min_voltage_V: float | None = None

@@ -12,7 +12,7 @@ class LoadCell(BaseModel):
     Full-scale output = sensitivity (mV/V) x excitation (V) at the rated force; linear between.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     rated_force_kN: float = Field(gt=0)
     sensitivity_mV_per_V: float = Field(gt=0)
@@ -33,7 +33,7 @@ class LoadCell(BaseModel):
 class PressureFixture(BaseModel):
     """A stack in a pressure fixture: the load cell carries the force on the active area."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     active_area_cm2: float = Field(gt=0)
     load_cell: LoadCell

@@ -30,7 +30,7 @@ THERMOCOUPLE_TYPES = ("B", "E", "J", "K", "N", "R", "S", "T")
 
 
 class Daq970aSimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["keysight-daq970a"] = "keysight-daq970a"
     serial: str = "MY58031276"

@@ -31,7 +31,7 @@ PROTECTION_SPAN = 1.10
 class EaPsbSimConfig(BaseModel):
     """Ratings and measurement quality of the simulated unit (`simulation.instruments.<name>`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["ea-psb-10000"] = "ea-psb-10000"
     # [uncertain] model designation: a 200 V 1.5 kW PSB 10000; ratings are what matter here and

@@ -23,7 +23,7 @@ _SIMULATORS = {"ea-psb-10000": SimEaPsb, "keysight-daq970a": SimDaq970a}
 
 
 class SimulationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     seed: int = 1
     stack: StackParameters = StackParameters()

@@ -33,7 +33,7 @@ OCV_V = np.array([1.50, 2.40, 3.00, 3.28, 3.43, 3.54, 3.63, 3.70, 3.77, 3.84,
 class StackParameters(BaseModel):
     """Parameters of the simulated stack; the `simulation.stack` block of a bench file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     layers: int = Field(23, ge=1, le=500)
     layer_capacity_Ah: float = Field(2.05, gt=0)
