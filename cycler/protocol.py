@@ -306,7 +306,8 @@ STEP_TYPES = ("rest", "cc", "cv", "cccv", "cp", "cr", "pulse", "profile", "eis",
 
 
 def _item_kind(value: Any) -> str:
-    return "loop" if isinstance(value, dict) and "steps" in value else "step"
+    """A list item is a loop if it has `steps` (as data, or as a Loop when serialising)."""
+    return "loop" if isinstance(value, Loop) or (isinstance(value, dict) and "steps" in value) else "step"
 
 
 def _read_string_steps(value: Any) -> Any:
