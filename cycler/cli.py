@@ -22,7 +22,7 @@ from .export import dump_protocol, to_pybamm
 from .planview import plan_lines, plan_to_dict
 from .protocol import Loop
 from .runner import StopRequest
-from .session import RunRequest, check_against_instruments, execute, prepare, stop_on_signals
+from .session import RunRequest, check_against_instruments, dry_run, execute, prepare, stop_on_signals
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -126,21 +126,35 @@ def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
 @channel_option
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema: docs/plan-json.md).")
-def plan(protocol, bench, channel, overrides, as_json):
+@click.option("--no-simulation", is_flag=True,
+              help="On a simulated bench, skip the quick dry run that estimates the duration.")
+def plan(protocol, bench, channel, overrides, as_json, no_simulation):
     """Show what PROTOCOL would do on a bench: steps, setpoints, ends, time bounds, loops, limits.
 
-    Nothing is switched on."""
+    Nothing is switched on. On a simulated bench a quick dry run on the bench's model (10 s ticks,
+    at most 10 s of your time) gives the expected duration and says if a limit would trip."""
     try:
         prepared = prepare(RunRequest(protocol=protocol, bench=bench, channel=channel,
                                       overrides=_overrides(overrides)))
+        simulated = None if no_simulation else dry_run(prepared)
     except StackcyclerError as error:
         _fail(error)
         return
+    expected = simulated.duration_s if simulated is not None else None
+    names = (prepared.bench.config.name, prepared.channel_name)
     if as_json:
-        print(json.dumps(plan_to_dict(prepared.plan, prepared.bench.config.name, prepared.channel_name), indent=1))
+        document = plan_to_dict(prepared.plan, *names, expected_s=expected)
+        if simulated is not None:
+            document["duration"]["dry_run"] = {"state": simulated.state, "reason": simulated.reason}
+        print(json.dumps(document, indent=1))
         return
-    for line in plan_lines(prepared.plan, prepared.bench.config.name, prepared.channel_name):
+    for line in plan_lines(prepared.plan, *names, expected_s=expected):
         console.print(line, markup=False)
+    if simulated is not None and simulated.state not in ("completed", "unfinished"):
+        errors.print(f"[bold yellow]dry run on the simulated bench {simulated.state}:[/bold yellow] "
+                     f"{escape(simulated.reason)}")
+    elif simulated is not None and simulated.state == "unfinished":
+        console.print(f"(dry run {simulated.reason}: the expected duration is an estimate)", markup=False)
 
 
 VALIDATE_EXIT_HELP = """\b

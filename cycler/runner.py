@@ -264,6 +264,8 @@ class Runner:
         charge count then sees the edge where it happened, not spread over the tick before."""
         sample = self.channel.measure()
         self.integrator.update(sample)
+        if self._rate is not None:
+            self._rate.add(sample.test_time_s, sample.voltage_V)  # the step's first point
         row = self._row(sample, self.step, sample.test_time_s - self.step_started_at)
         test = self.integrator.test
         try:

@@ -14,8 +14,10 @@ import getpass
 import hashlib
 import platform
 import signal
+import tempfile
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -182,6 +184,53 @@ def check_against_instruments(prepared: PreparedRun) -> tuple[list[str], str]:
         opened.close()
 
 
+@dataclass
+class DryRun:
+    """What a quick simulation of a plan on its simulated bench found."""
+
+    duration_s: float | None  # test time to the end; None if the wall-time budget ran out first
+    state: str  # completed, tripped, faulted, ... or "unfinished"
+    reason: str
+
+
+class _WallBudget:
+    """A silent reporter that asks the dry run to stop when its wall-time budget is spent."""
+
+    def __init__(self, stop: StopRequest, budget_s: float):
+        self.stop, self.deadline = stop, time.monotonic() + budget_s
+
+    def step_started(self, status) -> None:
+        self.tick(status)
+
+    def tick(self, status) -> None:
+        if time.monotonic() > self.deadline:
+            self.stop.request("wall-time budget of the dry run spent")
+
+    def finished(self, outcome) -> None:
+        pass
+
+
+DRY_RUN_TICK_S = 10.0
+DRY_RUN_WALL_BUDGET_S = 10.0
+
+
+def dry_run(prepared: PreparedRun, tick_s: float = DRY_RUN_TICK_S,
+            wall_budget_s: float = DRY_RUN_WALL_BUDGET_S) -> DryRun | None:
+    """Run the plan on the bench's simulated world at a coarse tick; None for a real bench."""
+    if not prepared.bench.config.simulated:
+        return None
+    coarse = replace(prepared, channel=prepared.channel.model_copy(
+        update={"tick_s": max(tick_s, prepared.channel.tick_s)}))
+    with tempfile.TemporaryDirectory() as runs:
+        coarse.request = replace(prepared.request, runs_dir=Path(runs), speed=None)
+        stop = StopRequest()
+        result = execute(coarse, _WallBudget(stop, wall_budget_s), stop)
+    outcome = result.outcome
+    if outcome.state == "interrupted":
+        return DryRun(None, "unfinished", f"not finished within {wall_budget_s:g} s of simulation")
+    return DryRun(result.end_test_time_s, outcome.state, outcome.reason)
+
+
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[None]:
     """Ctrl+C and SIGTERM ask the runner to stop at the next tick; a second Ctrl+C raises at once."""
@@ -208,6 +257,7 @@ class RunResult:
     outcome: RunOutcome
     summary_line: str
     simulation: Simulation | None  # the simulated world, for tests that check against its physics
+    end_test_time_s: float = 0.0
 
 
 def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
@@ -236,7 +286,7 @@ def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest
                               outputs_confirmed_off=outcome.outputs_confirmed_off, result=line,
                               summary=summary.rename(columns={v: k for k, v in SUMMARY_COLUMNS.items()})
                               .to_dict(orient="records"), **outcome.details)
-        return RunResult(outcome, line, opened.simulation)
+        return RunResult(outcome, line, opened.simulation, opened.clock.now())
     finally:
         opened.close()
 

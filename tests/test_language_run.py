@@ -297,3 +297,43 @@ def test_the_smallest_protocol_is_a_list_of_strings(run_text):
     assert result.outcome.state == "completed"
     assert [e["name"] for e in step_ends(result)] == ["Charge at 1 A for 1 minute", "Rest for 1 minute"]
     assert np.isclose(samples_of(result)["Test Time / s"].iloc[-1], 120.0)
+
+
+@pytest.mark.parametrize("condition, column, direction", [
+    ("layer_voltage_below_V: 3.6", None, "below"),
+    ("pressure_below_MPa: 5.5", "Pressure / MPa", "below"),
+])
+def test_ends_on_layers_and_pressure_while_discharging(run_text, condition, column, direction):
+    result = run_text(dense("  - Charge at 2 A for 30 minutes\n"
+                            f"  - {{step: cc, current_A: -2, until: [{{{condition}}}], max_duration_s: 7200}}\n"))
+    rows = rows_of_step(result, 2)
+    value = float(condition.split(": ")[1])
+    reading = rows[column] if column else rows[[f"Layer {n:02d} Voltage / V" for n in range(1, 24)]].min(axis=1)
+    assert step_ends(result)[1]["origin"] == "until[0]"
+    assert reading.iloc[-1] <= value < reading.iloc[-2]
+
+
+def test_rest_until_the_stack_has_cooled(run_text):
+    result = run_text(dense("  - Charge at 2 A for 30 minutes\n"
+                            "  - {step: rest, until: [{temperature_below_degC: 26.5}], max_duration_s: 7200}\n"))
+    rows = rows_of_step(result, 2)
+    assert rows["Temperature T1 / degC"].iloc[1] > 26.5  # it was warm
+    assert rows["Temperature T1 / degC"].iloc[-1] <= 26.5 and step_ends(result)[1]["origin"] == "until[0]"
+
+
+@pytest.mark.parametrize("table, condition, end_time", [
+    ("[[0, -1], [100, 1]]", "signed_current_above_A: 0.49", 76),  # I = -1 + 2 t / 100 passes 0.49 A at 74.5 s
+    ("[[0, 0], [100, 2]]", "current_above_C: 0.745", 76),  # 0.745 C = 1.49 A, passed at 74.5 s
+])
+def test_signed_and_c_rate_current_ends_on_a_ramp(run_text, table, condition, end_time):
+    result = run_text(dense(CHARGE_A_LITTLE + f"  - {{step: profile, quantity: current_A, table: {table}, "
+                                              f"until: [{{{condition}}}]}}\n"))
+    assert step_ends(result)[1]["step_time_s"] == end_time
+
+
+def test_an_end_on_a_fast_voltage_change_waits_for_its_window(run_text):
+    result = run_text(dense("  - Charge at 2 A for 30 minutes\n"
+                            "  - {step: cc, current_A: -2, until: [{voltage_rate_above_mV_per_h: 1000}], "
+                            "max_duration_s: 3600}\n"))
+    end = step_ends(result)[1]
+    assert end["reason"] == "|dV/dt| ≥ 1000 mV/h" and end["step_time_s"] == 600.0

@@ -150,3 +150,19 @@ def test_the_pybamm_export_builds_a_pybamm_experiment(tmp_path, name):
     exec(compile(text, f"{name}.py", "exec"), namespace)
     experiment = namespace["experiment"]
     assert len(experiment.steps) >= len(load_protocol(name).model.steps)
+
+
+def test_a_dry_run_on_the_simulated_bench_gives_the_expected_duration_and_foresees_a_trip():
+    from stackcycler.session import RunRequest, dry_run, prepare
+
+    completed = dry_run(prepare(RunRequest(protocol="capacity-check")))
+    assert completed.state == "completed" and 7.5 * 3600 < completed.duration_s < 9 * 3600
+    tripped = dry_run(prepare(RunRequest(protocol="capacity-check", bench="sim-weak-layer")))
+    assert tripped.state == "tripped" and "layer 07" in tripped.reason
+
+
+def test_a_dry_run_that_runs_out_of_time_says_so():
+    from stackcycler.session import RunRequest, dry_run, prepare
+
+    unfinished = dry_run(prepare(RunRequest(protocol="cycle-life")), wall_budget_s=0.5)
+    assert unfinished.state == "unfinished" and unfinished.duration_s is None
