@@ -7,9 +7,14 @@ never the repository root, whose `cycler/` folder would shadow matplotlib's `cyc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+from click.testing import CliRunner
 
 # The capacity check at 1C with one-minute rests: the same steps, a fifth of the ticks.
 QUICK = {"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0}
@@ -22,3 +27,34 @@ def samples_of(result) -> pd.DataFrame:
 def events_of(result_or_folder) -> list[dict]:
     folder = getattr(getattr(result_or_folder, "outcome", None), "folder", result_or_folder)
     return [json.loads(line) for line in (Path(folder) / "events.jsonl").read_text().splitlines()]
+
+
+def cycler(*args: str, cwd: Path) -> tuple[int, str]:
+    """Invoke the CLI in this process; returns the exit code and what a user would see (stdout and stderr)."""
+    from stackcycler.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.output
+
+
+def data_rows(samples: Path) -> list[str]:
+    return samples.read_text().splitlines()[1:] if samples.exists() else []
+
+
+def start_logging_run(cwd: Path, rows: int, **popen) -> tuple[subprocess.Popen, Path]:
+    """`cycler run capacity-check` at 100x real time in a subprocess, once it has logged `rows` rows."""
+    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", "capacity-check", "--speed", "100"],
+                               cwd=cwd, **popen)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = list((cwd / "runs").glob("*/samples.csv")) if (cwd / "runs").exists() else []
+        if found and len(data_rows(found[0])) >= rows:
+            return process, found[0]
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the run did not start logging within a minute")

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from support import QUICK, cycler, data_rows, events_of, start_logging_run
 
-from stackcycler.cli import main
 from stackcycler.errors import ExitCode
 
-from support import QUICK, events_of
-
 QUICK_ARGS = [arg for name, value in QUICK.items() for arg in ("--set", f"{name}={value}")]
-
-
-def cycler(*args: str, cwd: Path) -> tuple[int, str]:
-    """Invoke the CLI in this process; returns the exit code and what a user would see (stdout and stderr)."""
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output
 
 
 def test_run_prints_the_run_folder_and_a_one_line_result(tmp_path):
@@ -118,26 +100,12 @@ def test_protocols_and_benches_are_listed(tmp_path):
 # --- signals, delivered to a real `cycler run` process ------------------------------------
 
 
-def _rows(samples: Path) -> list[str]:
-    return samples.read_text().splitlines()[1:] if samples.exists() else []
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_during_a_run_ends_in_the_safe_state_and_keeps_the_data(tmp_path, signum):
     # at 100x real time the capacity check would take about five minutes: long enough to interrupt
-    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", "capacity-check", "--speed", "100"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, samples = start_logging_run(tmp_path, 20, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        samples = None
-        while time.monotonic() < deadline:
-            found = list((tmp_path / "runs").glob("*/samples.csv")) if (tmp_path / "runs").exists() else []
-            if found and len(_rows(found[0])) >= 20:
-                samples = found[0]
-                break
-            time.sleep(0.1)
-        assert samples is not None, "the run did not start logging"
-        seen_before_signal = float(_rows(samples)[-1].split(",")[1])
+        seen_before_signal = float(data_rows(samples)[-1].split(",")[1])
         process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)
     finally:
@@ -151,7 +119,7 @@ def test_a_signal_during_a_run_ends_in_the_safe_state_and_keeps_the_data(tmp_pat
     assert meta["reason"] == ("Ctrl+C" if signum == signal.SIGINT else "SIGTERM")
     kinds = [e["event"] for e in events_of(folder)]
     assert kinds[-3:] == ["interrupted", "safe_state", "run_end"]
-    last_logged = float(_rows(samples)[-1].split(",")[1])
+    last_logged = float(data_rows(samples)[-1].split(",")[1])
     assert last_logged >= seen_before_signal  # nothing logged before the signal was lost
 
 
@@ -159,24 +127,10 @@ def test_a_run_killed_outright_leaves_a_readable_run_folder(tmp_path):
     """SIGKILL gives the process no chance to clean up: what it wrote must still read back."""
     from stackcycler.analysis import cycle_summary, read_samples
 
-    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", "capacity-check", "--speed", "100"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        samples = None
-        while time.monotonic() < deadline:
-            found = list((tmp_path / "runs").glob("*/samples.csv")) if (tmp_path / "runs").exists() else []
-            if found and len(_rows(found[0])) >= 30:
-                samples = found[0]
-                break
-            time.sleep(0.1)
-        assert samples is not None, "the run did not start logging"
-        rows_seen = len(_rows(samples))
-        process.kill()
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process, samples = start_logging_run(tmp_path, 30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows_seen = len(data_rows(samples))
+    process.kill()
+    process.wait(timeout=30)
     folder = samples.parent
     assert json.loads((folder / "run.json").read_text())["state"] == "running"  # it never got to say otherwise
     assert [e["event"] for e in events_of(folder)][0] == "step_start"

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from support import cycler
 
-from stackcycler.cli import main
 from stackcycler.protocol import Protocol
 from stackcycler.protocols import builtin_protocols, load_protocol
 from stackcycler.validation import validate_data
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def cycler(*args: str, cwd: Path) -> tuple[int, str]:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output
 
 
 # --- validate ----------------------------------------------------------------------------------
