@@ -63,6 +63,7 @@ def plan_to_dict(plan: Plan, bench_name: str, channel_name: str,
         "dut": {"id": dut.id, "layers": dut.layers, "nominal_capacity_Ah": dut.nominal_capacity_Ah,
                 "charge_voltage_V": dut.charge_voltage_V, "discharge_voltage_V": dut.discharge_voltage_V},
         "parameters": plan.parameters,
+        "requires": [name for name, needed in plan.protocol.requires.model_dump().items() if needed],
         "program": program,
         "safety": {**plan.envelope.armed(), "debounce_s": plan.envelope.debounce_s},
         "record": {"time_s": plan.record_time_s, "voltage_V": plan.record_voltage_V,
@@ -84,6 +85,8 @@ def plan_lines(plan: Plan, bench_name: str, channel_name: str, expected_s: float
         lines.append(plan.protocol.description.strip())
     if plan.parameters:
         lines.append("parameters: " + ", ".join(f"{k} = {v:g}" for k, v in plan.parameters.items()))
+    needed = [name.replace("_", " ") for name, on in plan.protocol.requires.model_dump().items() if on]
+    lines.append("requires: " + (", ".join(needed) if needed else "nothing beyond a supply") + " (present on this channel)")
     depth = 0
     for index, instruction in enumerate(plan.program):
         indent = "  " * depth
