@@ -15,7 +15,8 @@ from stackcycler.protocols import builtin_protocols, load_protocol
 from stackcycler.safety import SafetyEnvelope
 
 LIBRARY = sorted(builtin_protocols())
-DATA = Path(load_protocol("capacity-check").path).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "protocols" / "data"  # the repository's: the generator is not installed
+INSTALLED_DATA = Path(load_protocol("capacity-check").path).parent / "data"
 
 
 def test_the_library_has_the_protocols_labs_ask_for():
@@ -53,7 +54,9 @@ def test_the_wltc_power_profile_is_what_its_generator_makes(tmp_path, monkeypatc
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main()
-    assert (tmp_path / "wltc-class3b-power.csv").read_text() == (DATA / "wltc-class3b-power.csv").read_text()
+    made = (tmp_path / "wltc-class3b-power.csv").read_text()
+    assert made == (DATA / "wltc-class3b-power.csv").read_text()
+    assert made == (INSTALLED_DATA / "wltc-class3b-power.csv").read_text()  # and it is what gets installed
 
 
 def test_the_dst_table_passes_the_manuals_checks():
