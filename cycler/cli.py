@@ -22,7 +22,7 @@ from .export import dump_protocol, to_pybamm
 from .planview import plan_lines, plan_to_dict
 from .protocol import Loop
 from .runner import StopRequest
-from .session import RunRequest, check_against_instruments, dry_run, execute, prepare, stop_on_signals
+from .session import RunRequest, check_against_instruments, dry_run, execute, prepare, resume, stop_on_signals
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,10 +93,7 @@ def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
         request.operator = operator
     try:
         prepared = prepare(request)
-        title = f"{prepared.plan.protocol.name} on {prepared.bench.config.name}/{prepared.channel_name}"
-        reporter = LiveReporter(console, title) if console.is_terminal else PlainReporter()
-        if not console.is_terminal:
-            print(f"stackcycler {__version__}: {title}", flush=True)
+        reporter = _reporter(f"{prepared.plan.protocol.name} on {prepared.bench.config.name}/{prepared.channel_name}")
         stop = StopRequest()
         with stop_on_signals(stop):
             result = execute(prepared, reporter, stop)
@@ -106,18 +103,68 @@ def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
     except KeyboardInterrupt:  # before the runner took over: instruments were being connected
         errors.print("[bold red]INTERRUPTED[/bold red] while connecting the bench; outputs were left off")
         sys.exit(int(ExitCode.INTERRUPTED))
+    _report(result)
+
+
+def _report(result) -> None:
+    """The end of a run or a resume, for the technician and the script: folder, result, exit code."""
     outcome = result.outcome
     console.print(f"run folder: {outcome.folder}", markup=False)
     if outcome.exit_code == ExitCode.COMPLETED:
         console.print(f"result: {result.summary_line}", markup=False)
     else:
         label = {"tripped": "SAFETY TRIP", "faulted": "INSTRUMENT FAULT", "interrupted": "INTERRUPTED",
-                 "invalid": "INVALID INPUT", "error": "SOFTWARE ERROR"}.get(outcome.state, outcome.state)
+                 "invalid": "INVALID INPUT", "error": "SOFTWARE ERROR",
+                 "storage_failure": "STORAGE FAILURE"}.get(outcome.state, outcome.state)
         errors.print(f"[bold red]{label}:[/bold red] {escape(outcome.reason)}")
         errors.print("outputs: " + ("off (confirmed)" if outcome.outputs_confirmed_off
                                     else "[bold red]NOT CONFIRMED OFF: check the bench now[/bold red]"))
         console.print(f"data up to the stop: {result.summary_line}", markup=False)
     sys.exit(int(outcome.exit_code))
+
+
+def _reporter(title: str):
+    if console.is_terminal:
+        return LiveReporter(console, title)
+    print(f"stackcycler {__version__}: {title}", flush=True)
+    return PlainReporter()
+
+
+@main.command("resume", epilog=EXIT_CODE_HELP)
+@click.argument("run_folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Continue without asking (needed when there is no terminal).")
+@click.option("--force", is_flag=True, help="Continue even though the DUT is not where the run left it.")
+@click.option("--speed", default=None, metavar="max|N",
+              help="Simulated runs only: continue at this speed instead of the run's own.")
+def resume_command(run_folder, yes, force, speed):
+    """Continue a crashed or interrupted run from its checkpoint: the same step, loops, cycle and counts.
+
+    Shows where it would continue and the DUT now against the DUT then, and asks first.
+    Declining switches nothing on (exit code 130)."""
+
+    def confirm(preview) -> bool:
+        console.print(preview.text(), markup=False)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise InvalidInput("resume asks before it continues; with no terminal to ask on, pass --yes")
+        return click.confirm("continue the run?", default=False)
+
+    try:
+        stop = StopRequest()
+        with stop_on_signals(stop):
+            speed_choice = {} if speed is None else {"speed": _speed(speed)}
+            result = resume(run_folder, _reporter(f"resume {run_folder.name}"), confirm, stop, force, **speed_choice)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    except KeyboardInterrupt:
+        errors.print("[bold red]INTERRUPTED[/bold red] while reconnecting the bench; outputs were left off")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    if result is None:
+        console.print("not resumed; nothing was switched on", markup=False)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    _report(result)
 
 
 @main.command(epilog=EXIT_CODE_HELP)

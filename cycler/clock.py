@@ -38,9 +38,11 @@ def _sleep_wall(seconds: float, should_stop: Callable[[], bool]) -> bool:
 
 
 class WallClock:
-    def __init__(self) -> None:
-        self._start_monotonic = time.monotonic()
-        self._start_unix = time.time()
+    """Test time on the wall clock; `start_s` continues a resumed test at its test time."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._start_monotonic = time.monotonic() - start_s
+        self._start_unix = time.time() - start_s
 
     def now(self) -> float:
         return time.monotonic() - self._start_monotonic
@@ -55,11 +57,12 @@ class WallClock:
 class VirtualClock:
     """Virtual test time; `speed` real-time multiplier, None for as fast as possible."""
 
-    def __init__(self, speed: float | None = None, start_unix: float | None = None) -> None:
+    def __init__(self, speed: float | None = None, start_unix: float | None = None, start_s: float = 0.0) -> None:
+        """`start_unix`: the Unix time of test time 0; `start_s`: the test time to start at."""
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive or None (as fast as possible), got {speed}")
         self.speed = speed
-        self._t = 0.0
+        self._t = start_s
         self._start_unix = time.time() if start_unix is None else start_unix
 
     def now(self) -> float:

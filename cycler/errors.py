@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 2  # bad protocol, bench or option: nothing was switched on
     SAFETY_TRIP = 3  # a safety limit tripped: outputs off, limit recorded
     INSTRUMENT_FAULT = 4  # an instrument failed or misbehaved: outputs off, fault recorded
+    STORAGE_FAILURE = 5  # the run folder could not be written (disk full?): outputs off, data kept
     INTERRUPTED = 130  # Ctrl+C or SIGTERM: outputs off, data up to the signal kept
 
 
@@ -25,6 +26,7 @@ Exit codes:
   2    invalid input (protocol, bench or option; nothing was switched on)
   3    safety trip (outputs off; limit, value and time recorded)
   4    instrument fault (outputs off; fault recorded)
+  5    storage failure: the run folder could not be written (outputs off; data so far kept)
   130  interrupted by Ctrl+C or SIGTERM (outputs off; data kept)"""
 
 
@@ -52,6 +54,12 @@ class InstrumentError(StackcyclerError):
 
 class InstrumentTimeout(InstrumentError):
     """No reply arrived within the transport's timeout."""
+
+
+class StorageFailure(StackcyclerError):
+    """The run folder cannot be written: a full disk, a removed or read-only folder."""
+
+    exit_code = ExitCode.STORAGE_FAILURE
 
 
 class SafetyTrip(StackcyclerError):

@@ -12,7 +12,8 @@ start, a loop end, a cycle mark), and every goto becomes an index into it.
 Rules (printed by `cycler plan`):
 * default time bound: 2/C hours for a current step at C-rate C (PyBaMM's rule), one pass for a
   pulse train or a profile, 24 h otherwise;
-* current-based ends are blanked for the first 5 s of a step, as the Cadex C8000 does
+* current-based ends are blanked for the first 5 s of a step, and again for 5 s whenever the
+  output comes back on within a step (after a resume or a pause), as the Cadex C8000 does
   (manual p. 201), so that switching transients do not end a step; a voltage-rate end waits
   for its averaging window to fill;
 * when several ends are reached on one tick, the first listed non-time end wins, then
@@ -58,6 +59,7 @@ class EndContext:
     step_charge_Ah: float  # moved either way in this step
     step_energy_Wh: float
     voltage_rate_V_per_s: float | None  # over the averaging window; None until it has filled
+    current_ends_armed: bool = True  # False for CURRENT_END_BLANKING_S after the output came on
 
 
 _UNITS = {"step_time": "s", "voltage": "V", "current": "A", "signed_current": "A", "step_charge": "Ah",
@@ -83,7 +85,7 @@ class PlannedEnd:
         if q == "voltage":
             return s.voltage_V
         if q in ("current", "signed_current"):
-            if ctx.step_time_s < CURRENT_END_BLANKING_S:
+            if not ctx.current_ends_armed:
                 return None
             return abs(s.current_A) if q == "current" else s.current_A
         if q == "step_charge":

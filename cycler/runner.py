@@ -28,16 +28,16 @@ import numpy as np
 from .channel import Channel
 from .clock import Clock
 from .control import StepControl, control_for, rating_problems
-from .errors import ExitCode, InstrumentError, Interrupted, InvalidInput, SafetyTrip
-from .integrators import Integrator
-from .plan import (VOLTAGE_RATE_WINDOW_S, CycleMark, EndContext, LoopEnd, LoopStart, Plan, PlannedEnd, PlannedLoop,
+from .errors import ExitCode, InstrumentError, Interrupted, InvalidInput, SafetyTrip, StorageFailure
+from .integrators import Integrator, Throughput
+from .plan import (CURRENT_END_BLANKING_S, VOLTAGE_RATE_WINDOW_S, CycleMark, EndContext, LoopEnd, LoopStart, Plan, PlannedEnd, PlannedLoop,
                    PlannedStep, RunStep)
 from .safety import SafetyMonitor
 from .sample import Sample
 from .store import Column, RunStore
 
 HEALTH_CHECK_INTERVAL_S = 10.0  # test time between error-queue and output-state checks
-CHECKPOINT_INTERVAL_WALL_S = 5.0
+CHECKPOINT_INTERVAL_WALL_S = 0.5  # at most this much of the data is lost when the host dies
 SAFE_STATE_ATTEMPTS = 3
 MAX_OVERRUN_EVENTS = 20
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -134,7 +134,8 @@ class _VoltageRate:
 
 class Runner:
     def __init__(self, plan: Plan, channel: Channel, clock: Clock, store: RunStore,
-                 reporter: ProgressReporter, stop: StopRequest):
+                 reporter: ProgressReporter, stop: StopRequest, snapshot: Callable[[], dict] | None = None):
+        """`snapshot`: the simulated hardware's state, saved with each checkpoint (None on real benches)."""
         self.plan = plan
         self.channel = channel
         self.clock = clock
@@ -163,31 +164,39 @@ class Runner:
         self._force_record = True
         self._next_health_check = 0.0
         self._last_checkpoint_wall = time.monotonic()
+        self._snapshot = snapshot
+        self._resumed = False
+        self._last_sample: Sample | None = None
+        self._current_ends_armed_at = 0.0  # test time from which current-based ends may fire
 
     # --- the run as a whole ----------------------------------------------------------
 
     def run(self) -> RunOutcome:
+        ending: tuple[str, dict] | None = None  # the event that says why, logged after the safe state
         try:
             self._preflight()
             self._execute()
             state, code, reason = "completed", ExitCode.COMPLETED, "protocol finished"
         except SafetyTrip as trip:
             state, code, reason = "tripped", trip.exit_code, str(trip)
-            self._event("safety_trip", limit=trip.limit, where=trip.where, value=trip.value, threshold=trip.threshold)
+            ending = ("safety_trip", dict(limit=trip.limit, where=trip.where, value=trip.value,
+                                          threshold=trip.threshold))
         except (Interrupted, KeyboardInterrupt) as stop:
             state, code = "interrupted", ExitCode.INTERRUPTED
             reason = str(stop) or self.stop.reason or "interrupted"
-            self._event("interrupted", reason=reason)
+            ending = ("interrupted", dict(reason=reason))
         except InstrumentError as fault:
             state, code, reason = "faulted", fault.exit_code, str(fault)
-            self._event("instrument_fault", message=reason)
+            ending = ("instrument_fault", dict(message=reason))
         except InvalidInput as error:
             state, code, reason = "invalid", error.exit_code, str(error)
-            self._event("invalid_input", message=reason)
+            ending = ("invalid_input", dict(message=reason))
+        except StorageFailure as failure:
+            state, code, reason = "storage_failure", failure.exit_code, str(failure)
         except Exception as error:  # a bug: still reach the safe state and say what happened
             state, code, reason = "error", ExitCode.SOFTWARE_ERROR, f"{type(error).__name__}: {error}"
-            self._event("software_error", message=reason, traceback=traceback.format_exc())
-        return self._finish(state, code, reason)
+            ending = ("software_error", dict(message=reason, traceback=traceback.format_exc()))
+        return self._finish(state, code, reason, ending)
 
     def _preflight(self) -> None:
         """Configure meters and instrument protection, and work out every step's control,
@@ -201,7 +210,7 @@ class Runner:
             raise InvalidInput("\n".join(f"{self.plan.protocol_path}: {p}" for p in problems))
 
     def _execute(self) -> None:
-        if not self._run_instructions(0):
+        if not self._resumed and not self._run_instructions(0):
             return  # a protocol of loops and cycle marks only
         next_tick = self.clock.now()
         while True:
@@ -221,7 +230,10 @@ class Runner:
 
     def _tick(self) -> bool:
         """One tick; True when the protocol has finished."""
+        if self.control is None:  # resumed: the step's control is known once preflight has run
+            self.control = self._controls[self.step.number]
         sample = self.channel.measure()
+        self._last_sample = sample
         self.integrator.update(sample)
         if self.step_started_at is None:
             self._start_step(sample)
@@ -277,7 +289,8 @@ class Runner:
         throughput = self.integrator.step
         rate = self._rate.add(sample.test_time_s, sample.voltage_V) if self._rate is not None else None
         context = EndContext(sample, step_time, throughput.charge_Ah + throughput.discharge_Ah,
-                             throughput.charge_Wh + throughput.discharge_Wh, rate)
+                             throughput.charge_Wh + throughput.discharge_Wh, rate,
+                             sample.test_time_s >= self._current_ends_armed_at)
         return next((e for e in self.step.ends if e.reached(context)), None)
 
     # --- the program: steps, loops, cycles -------------------------------------------
@@ -356,6 +369,7 @@ class Runner:
         step = self.step
         self.step_started_at = sample.test_time_s
         self.step_count += 1
+        self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S
         self.integrator.start_step()
         self._rate = _VoltageRate() if any(e.quantity == "voltage_rate" for e in step.ends) else None
         self._force_record = True
@@ -412,14 +426,45 @@ class Runner:
         self._last_recorded = sample
 
     def _checkpoint(self, sample: Sample) -> None:
+        """Everything needed to continue after a crash, consistent with the rows on the disk."""
+        integrators = {scope: vars(getattr(self.integrator, scope)) for scope in ("test", "cycle", "step")}
         self.store.checkpoint({
-            "test_time_s": sample.test_time_s, "program_counter": self.pc, "step_number": self.step.number,
-            "step_count": self.step_count, "cycle_count": self.cycle_count, "step_started_at_s": self.step_started_at,
-            "loop_iterations": self.loop_iteration, "records": self.records,
-            "test_throughput": vars(self.integrator.test), "step_throughput": vars(self.integrator.step),
-            "cycle_throughput": vars(self.integrator.cycle),
+            "test_time_s": sample.test_time_s, "wall_unix_time_s": time.time(),
+            "program_counter": self.pc, "step_number": self.step.number,
+            "step_time_s": sample.test_time_s - self.step_started_at, "step_count": self.step_count,
+            "cycle_count": self.cycle_count, "loop_iterations": self.loop_iteration,
+            "loop_discharge_at_start": self.loop_discharge_at_start, "loop_first_capacity": self.loop_first_capacity,
+            "step_discharges": self.step_discharges, "expected_done_s": self.expected_done_s,
+            "overruns": self.overruns, "integrators": integrators,
+            "last_sample": {"test_time_s": sample.test_time_s, "voltage_V": sample.voltage_V,
+                            "current_A": sample.current_A, "layer_voltages_V": sample.layer_voltages_V.tolist(),
+                            "temperatures_degC": sample.temperatures_degC, "pressure_MPa": sample.pressure_MPa},
+            "simulation": self._snapshot() if self._snapshot else None,
         })
         self._last_checkpoint_wall = time.monotonic()
+
+    def restore(self, checkpoint: dict, now_s: float) -> None:
+        """Continue a crashed run: the same step (its clock held over the gap), loops, cycle and counts."""
+        self._resumed = True
+        self.pc = checkpoint["program_counter"]
+        instruction = self.plan.program[self.pc]
+        assert isinstance(instruction, RunStep) and instruction.step.number == checkpoint["step_number"]
+        self.step = instruction.step
+        self.step_started_at = now_s - checkpoint["step_time_s"]
+        self.step_count = checkpoint["step_count"]
+        self.cycle_count = checkpoint["cycle_count"]
+        self.loop_iteration = {int(k): v for k, v in checkpoint["loop_iterations"].items()}
+        self.loop_discharge_at_start = {int(k): v for k, v in checkpoint["loop_discharge_at_start"].items()}
+        self.loop_first_capacity = {int(k): v for k, v in checkpoint["loop_first_capacity"].items()}
+        self.step_discharges = {k: list(v) for k, v in checkpoint["step_discharges"].items()}
+        self.expected_done_s = checkpoint["expected_done_s"]
+        self.overruns = checkpoint["overruns"]
+        self.records = checkpoint["records"]
+        for scope, values in checkpoint["integrators"].items():
+            setattr(self.integrator, scope, Throughput(**values))
+        self._force_record = True  # the first row after the gap is always written
+        self._next_health_check = now_s
+        self._current_ends_armed_at = now_s + CURRENT_END_BLANKING_S  # the output comes back on
 
     def _event(self, kind: str, **fields) -> None:
         self.store.event(kind, self.clock.now(), self.clock.unix_time(), **fields)
@@ -444,20 +489,28 @@ class Runner:
 
     # --- the one way out -------------------------------------------------------------
 
-    def _finish(self, state: str, code: ExitCode, reason: str) -> RunOutcome:
+    def _finish(self, state: str, code: ExitCode, reason: str, ending: tuple[str, dict] | None) -> RunOutcome:
         self.stop.shutting_down = True
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # finish the shutdown first
         try:
             problem = _retry(self.channel.safe_state, SAFE_STATE_ATTEMPTS)
-            if problem is None:
-                self._event("safe_state", outputs="off, confirmed by the instrument")
-            else:
-                self._event("safe_state_failed", message=problem,
-                            action="outputs may still be ON: switch the supply off at the bench")
-                if code in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
-                    code = ExitCode.INSTRUMENT_FAULT
-            self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
-                        steps_run=self.step_count, cycles=self.cycle_count)
+            if problem is not None and code in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
+                code = ExitCode.INSTRUMENT_FAULT
+            try:
+                if ending is not None:
+                    self._event(ending[0], **ending[1])
+                if self._last_sample is not None and state != "storage_failure":
+                    self._checkpoint(self._last_sample)  # a resume continues from here
+                if problem is None:
+                    self._event("safe_state", outputs="off, confirmed by the instrument")
+                else:
+                    self._event("safe_state_failed", message=problem,
+                                action="outputs may still be ON: switch the supply off at the bench")
+                self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
+                            steps_run=self.step_count, cycles=self.cycle_count)
+            except StorageFailure as failure:
+                if state != "storage_failure":
+                    state, code, reason = "storage_failure", failure.exit_code, f"{reason}; then {failure}"
             outcome = RunOutcome(state, code, reason, self.store.folder, outputs_confirmed_off=problem is None,
                                  details={"overruns": self.overruns, "records": self.records})
             self.reporter.finished(outcome)

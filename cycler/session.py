@@ -30,15 +30,18 @@ from stackcycler.drivers.transport import open_transport
 from stackcycler.protocols import ProtocolFile, load_protocol
 
 from .analysis import SUMMARY_COLUMNS, cycle_summary, read_samples, result_line
-from .bench import BenchFile, ChannelConfig, load_bench
+from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
 from .control import control_for, rating_problems
-from .errors import InvalidInput
-from .plan import Plan, bind
+from .errors import InvalidInput, StorageFailure, UnreadableInput
+from .plan import Plan, PlannedStep, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
 from .safety import SafetyEnvelope
-from .store import SIGN_CONVENTION, SUMMARY_FILE, RunStore, new_run_folder, utc_iso
+from .sample import Sample
+from .store import (CHECKPOINT_FILE, METADATA_FILE, SIGN_CONVENTION, SUMMARY_FILE, RunStore, new_run_folder, read_json,
+                    utc_iso)
+from .validation import validate_data
 
 
 @dataclass
@@ -64,8 +67,10 @@ class PreparedRun:
 
 
 def prepare(request: RunRequest) -> PreparedRun:
-    protocol = load_protocol(request.protocol)
-    bench = load_bench(request.bench)
+    return _bind(request, load_protocol(request.protocol), load_bench(request.bench))
+
+
+def _bind(request: RunRequest, protocol: ProtocolFile, bench: BenchFile) -> PreparedRun:
     channels = bench.config.channels
     channel_name = request.channel or next(iter(channels))
     if channel_name not in channels:
@@ -95,10 +100,16 @@ class OpenBench:
                 pass  # closing is best effort; the safe state was reached before
 
 
-def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None) -> OpenBench:
+def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None, start_s: float = 0.0,
+               start_unix: float | None = None, simulation_state: dict | None = None) -> OpenBench:
+    """Connect the named instruments. A resumed run starts its clock at `start_s` and, on a simulated
+    bench, restores the simulated hardware from its snapshot first."""
     config = bench.config
-    clock: Clock = VirtualClock(speed) if config.simulated else WallClock()
+    clock: Clock = (VirtualClock(speed, start_unix=start_unix, start_s=start_s) if config.simulated
+                    else WallClock(start_s))
     simulation = build_simulation(config.simulation, clock) if config.simulated else None
+    if simulation is not None and simulation_state is not None:
+        simulation.restore(simulation_state)
     opened = OpenBench(clock, simulation, {}, {})
     try:
         for name in sorted(instrument_names):
@@ -260,35 +271,186 @@ class RunResult:
     end_test_time_s: float = 0.0
 
 
-def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
-    stop = stop or StopRequest()
+def _channel(prepared: PreparedRun, opened: OpenBench) -> Channel:
     config = prepared.channel
-    names = {config.supply, *config.meter_names()}
-    opened = open_bench(prepared.bench, names, prepared.request.speed)
+    return Channel(prepared.channel_name, config, opened.drivers[config.supply],
+                   {name: opened.drivers[name] for name in config.meter_names()}, opened.clock)
+
+
+def _instrument_names(prepared: PreparedRun) -> set[str]:
+    return {prepared.channel.supply, *prepared.channel.meter_names()}
+
+
+def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
     try:
-        channel = Channel(prepared.channel_name, config, opened.drivers[config.supply],
-                          {name: opened.drivers[name] for name in config.meter_names()}, opened.clock)
-        columns = sample_columns(channel)
-        stem = (f"{_folder_time(opened.clock.unix_time())}_{prepared.plan.protocol.name}_"
-                f"{prepared.bench.config.name}_{prepared.channel_name}")
-        store = RunStore(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
-                         _metadata(prepared, opened, channel, [c.name for c in columns]),
-                         prepared.protocol.text, prepared.bench.text)
-        try:
-            outcome = Runner(prepared.plan, channel, opened.clock, store, reporter, stop).run()
-        finally:
-            store.close()
-        summary = cycle_summary(read_samples(store.folder))
+        outcome = runner.run()
+    finally:
+        store.close()
+    summary = cycle_summary(read_samples(store.folder))
+    line = result_line(summary)
+    try:
         summary.to_csv(store.folder / SUMMARY_FILE, index=False)
-        line = result_line(summary)
         store.update_metadata(state=outcome.state, exit_code=int(outcome.exit_code), reason=outcome.reason,
                               ended=utc_iso(opened.clock.unix_time()), end_test_time_s=opened.clock.now(),
                               outputs_confirmed_off=outcome.outputs_confirmed_off, result=line,
                               summary=summary.rename(columns={v: k for k, v in SUMMARY_COLUMNS.items()})
                               .to_dict(orient="records"), **outcome.details)
-        return RunResult(outcome, line, opened.simulation, opened.clock.now())
+    except (OSError, StorageFailure):
+        pass  # the outcome already says the folder could not be written; what is there stays readable
+    return RunResult(outcome, line, opened.simulation, opened.clock.now())
+
+
+def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
+    stop = stop or StopRequest()
+    opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed)
+    try:
+        channel = _channel(prepared, opened)
+        columns = sample_columns(channel)
+        stem = (f"{_folder_time(opened.clock.unix_time())}_{prepared.plan.protocol.name}_"
+                f"{prepared.bench.config.name}_{prepared.channel_name}")
+        store = RunStore.create(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
+                                _metadata(prepared, opened, channel, [c.name for c in columns]),
+                                prepared.protocol.text, prepared.bench.text)
+        snapshot = opened.simulation.snapshot if opened.simulation else None
+        runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
+        return _run_and_summarise(runner, store, opened)
     finally:
         opened.close()
+
+
+# --- resuming a run after a crash, a power cut or an interruption ------------------------------
+
+RESUMABLE = ("running", "interrupted", "faulted", "storage_failure", "error")
+# How far the DUT may have moved from the checkpoint before a resume is refused: a stack that has
+# only relaxed (current off) stays well inside; a different stack, or one discharged or charged
+# during the gap, does not.
+RESUME_VOLTAGE_TOLERANCE = 0.05  # of the stack voltage, and of each layer's
+RESUME_TEMPERATURE_TOLERANCE_K = 10.0
+
+
+@dataclass
+class ResumePreview:
+    """Where a resume would continue, and the DUT now against the DUT at the checkpoint."""
+
+    folder: Path
+    step: PlannedStep
+    step_time_s: float
+    cycle: int
+    gap_s: float
+    then: dict
+    now: Sample
+    output_found_on: bool
+    problems: list[str]
+
+    def text(self) -> str:
+        lines = [f"resume {self.folder.name}",
+                 f"  continue at step {self.step.number} ({self.step.name}: {self.step.setpoint()}) after "
+                 f"{self.step_time_s:.0f} s of it, cycle {self.cycle}",
+                 f"  gap since the last checkpoint: {self.gap_s:.0f} s",
+                 f"  stack voltage at the checkpoint {self.then['voltage_V']:.3f} V, now {self.now.voltage_V:.3f} V"]
+        if self.output_found_on:
+            lines.append("  the supply's output was still ON: it has been switched off; charge moved during the "
+                         "gap is not in the data")
+        lines += [f"  NOT CONSISTENT: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _consistency_problems(then: dict, now: Sample) -> list[str]:
+    problems = []
+    if abs(now.voltage_V - then["voltage_V"]) > RESUME_VOLTAGE_TOLERANCE * abs(then["voltage_V"]):
+        problems.append(f"the stack voltage moved from {then['voltage_V']:.3f} V to {now.voltage_V:.3f} V, more "
+                        f"than {RESUME_VOLTAGE_TOLERANCE:.0%}: is it the same stack, and was it left at rest?")
+    layers_then = then["layer_voltages_V"]
+    if len(layers_then) != now.layer_voltages_V.size:
+        problems.append(f"{now.layer_voltages_V.size} layer voltages now, {len(layers_then)} at the checkpoint")
+    else:
+        for n, (a, b) in enumerate(zip(layers_then, now.layer_voltages_V.tolist()), start=1):
+            if not abs(b - a) <= RESUME_VOLTAGE_TOLERANCE * abs(a):
+                problems.append(f"layer {n:02d} moved from {a:.4f} V to {b:.4f} V")
+    for sensor, value in then["temperatures_degC"].items():
+        current = now.temperatures_degC.get(sensor)
+        if current is None or not abs(current - value) <= RESUME_TEMPERATURE_TOLERANCE_K:
+            problems.append(f"temperature {sensor} moved from {value:.1f} to {current} degC")
+    return problems
+
+
+KEEP_SPEED = object()
+
+
+def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest | None = None,
+           force: bool = False, speed=KEEP_SPEED) -> RunResult | None:
+    """Continue a run from its checkpoint. `confirm(preview)` decides after seeing where it would
+    continue and how the DUT is now; None if it said no (nothing was switched on). A simulated
+    run continues at its own speed unless `speed` is given (None: as fast as possible)."""
+    stop = stop or StopRequest()
+    folder = Path(folder)
+    try:
+        meta = read_json(folder / METADATA_FILE)
+        checkpoint = read_json(folder / CHECKPOINT_FILE)
+    except FileNotFoundError as missing:
+        raise UnreadableInput(f"{folder}: not a run folder that can be resumed ({Path(missing.filename).name} "
+                              "is missing: the run stopped before its first step)") from None
+    if meta.get("state") not in RESUMABLE:
+        raise InvalidInput(f"{folder}: the run ended {meta.get('state')} ({meta.get('reason', '')}); only a run that "
+                           f"crashed or stopped ({', '.join(RESUMABLE)}) is resumed. Start a new run instead.")
+    prepared = _prepare_resume(folder, meta)
+    if speed is not KEEP_SPEED:
+        if not prepared.bench.config.simulated:
+            raise InvalidInput("--speed applies to simulated benches only; this run drives real instruments")
+        prepared.request.speed = speed
+    speed = prepared.request.speed if prepared.bench.config.simulated else 1.0
+    # at least one tick of gap, so that no timestamp of the run repeats
+    gap_s = max(max(time.time() - checkpoint["wall_unix_time_s"], 0.0) * (speed or 0.0), prepared.channel.tick_s)
+    now_s = checkpoint["test_time_s"] + gap_s
+    opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed, start_s=now_s,
+                        start_unix=meta["start_unix_time_s"], simulation_state=checkpoint.get("simulation"))
+    try:
+        channel = _channel(prepared, opened)
+        columns = sample_columns(channel)
+        if [c.name for c in columns] != meta["columns"]:
+            raise InvalidInput(f"{folder}: the channel's inputs no longer match the run's columns")
+        channel.configure(prepared.plan.envelope)
+        now = channel.measure()
+        instruction = prepared.plan.program[checkpoint["program_counter"]]
+        preview = ResumePreview(folder, instruction.step, checkpoint["step_time_s"], checkpoint["cycle_count"],
+                                gap_s, checkpoint["last_sample"], now, channel.supply.output_found_on,
+                                _consistency_problems(checkpoint["last_sample"], now))
+        if preview.problems and not force:
+            raise InvalidInput(preview.text() + "\nresume refused: the DUT is not where the run left it "
+                               "(--force continues anyway)")
+        if not confirm(preview):
+            return None
+        store, rows_cut = RunStore.reopen(folder, columns, checkpoint["records"])
+        snapshot = opened.simulation.snapshot if opened.simulation else None
+        runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
+        runner.restore(checkpoint, opened.clock.now())
+        store.event("resumed", opened.clock.now(), opened.clock.unix_time(), from_test_time_s=checkpoint["test_time_s"],
+                    gap_s=round(gap_s, 3), rows_after_checkpoint_dropped=rows_cut, step=instruction.step.number,
+                    output_found_on=preview.output_found_on, voltage_at_checkpoint_V=preview.then["voltage_V"],
+                    voltage_now_V=now.voltage_V, forced=bool(preview.problems))
+        store.update_metadata(state="running", resumed_times=meta.get("resumed_times", 0) + 1,
+                              last_resume=utc_iso(time.time()))
+        return _run_and_summarise(runner, store, opened)
+    finally:
+        opened.close()
+
+
+def _prepare_resume(folder: Path, meta: dict) -> PreparedRun:
+    """The plan as it was run: the bench as recorded (with its `extends` merged), the protocol
+    file if it is unchanged (its profile files are beside it) or else the copy in the run folder."""
+    bench_meta = meta["bench"]
+    config = validate_data(BenchConfig, bench_meta["resolved"], str(folder / "bench.yaml"), {})
+    bench = BenchFile(config, folder / "bench.yaml", (folder / "bench.yaml").read_text(encoding="utf-8"),
+                      bench_meta["resolved"])
+    original = Path(meta["protocol"]["file"])
+    unchanged = original.is_file() and _sha256(original.read_text(encoding="utf-8")) == meta["protocol"]["sha256"]
+    protocol = load_protocol(str(original if unchanged else folder / "protocol.yaml"))
+    speed = bench_meta.get("speed")
+    request = RunRequest(protocol=str(protocol.path), bench=str(bench.path), channel=bench_meta["channel"],
+                         speed=None if speed in ("max", "real time") else float(speed), runs_dir=folder.parent,
+                         operator=meta.get("operator", ""), dut_id=meta["dut"]["id"],
+                         overrides=meta["protocol"]["parameters"])
+    return _bind(request, protocol, bench)
 
 
 def _folder_time(unix_time: float) -> str:

@@ -4,34 +4,40 @@
                       sign convention) and the run's state; rewritten atomically
     protocol.yaml     the protocol file as run;  bench.yaml: the bench file as written
     samples.csv       one row per recorded sample, Battery Data Format column names; append-only
-    events.jsonl      step starts and ends, trips, faults, interruptions; one JSON object a line
-    checkpoint.json   where the run is (step, counters, integrators); rewritten atomically
+    events.jsonl      step starts and ends, trips, faults, interruptions, resumes; one JSON a line
+    checkpoint.json   where the run is and how many sample rows are safely on disk; atomic
+    status.json       the run's live status for `cycler status` (rewritten every second or so)
+    control.json      requests from `cycler pause|continue|stop` in another terminal
     summary.csv       per-cycle results, written when the run ends
 
-Why CSV and JSON lines: appending text loses at most the rows not yet handed to the OS when
-the process dies, and the file stays readable by anything (a single Parquet file written
-incrementally loses every row on kill -9). Samples go to the OS at least every
-FLUSH_INTERVAL_S of wall time and to the disk every FSYNC_INTERVAL_S; events go to the disk
-at once.
+One consistency point: `checkpoint()` first puts every sample row on the disk (flush and
+fsync), then writes the checkpoint, which records how many rows that is. The runner calls it
+every half second of wall time and at every step change. A resume cuts samples.csv back to that
+many rows, so a crash (even kill -9, even a torn last line) loses at most half a second of rows
+and a resumed run never duplicates a row or counts charge twice.
+
+Why CSV and JSON lines: appending text loses only what was not yet written when the process
+dies, and the file stays readable by anything; a single Parquet file written incrementally
+loses every row on kill -9.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-FLUSH_INTERVAL_S = 0.5
-FSYNC_INTERVAL_S = 5.0
+from .errors import StorageFailure
 
 SAMPLES_FILE = "samples.csv"
 EVENTS_FILE = "events.jsonl"
 METADATA_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.json"
+STATUS_FILE = "status.json"
+CONTROL_FILE = "control.json"
 SUMMARY_FILE = "summary.csv"
 
 SIGN_CONVENTION = "current and power are positive for charge (into the DUT), as in the Battery Data Format"
@@ -67,80 +73,133 @@ def utc_iso(unix_time: float) -> str:
 
 
 def new_run_folder(runs_dir: Path, stem: str) -> Path:
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    folder = runs_dir / stem
-    suffix = 2
-    while True:
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            folder = runs_dir / f"{stem}-{suffix}"
-            suffix += 1
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        folder = runs_dir / stem
+        suffix = 2
+        while True:
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                folder = runs_dir / f"{stem}-{suffix}"
+                suffix += 1
+    except OSError as error:
+        raise StorageFailure(f"cannot create a run folder in {runs_dir}: {error.strerror}") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cut_samples_to(folder: Path, rows: int) -> int:
+    """Keep the header and the first `rows` complete rows of samples.csv; returns the rows cut off."""
+    path = folder / SAMPLES_FILE
+    with open(path, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # the last piece has no newline: empty, or a row torn by the crash
+    keep = min(rows + 1, len(complete))
+    size = sum(len(line) + 1 for line in complete[:keep])
+    os.truncate(path, size)
+    return len(complete) - keep + (1 if lines[-1] else 0)
 
 
 class RunStore:
-    def __init__(self, folder: Path, columns: Sequence[Column], metadata: dict[str, Any],
-                 protocol_text: str, bench_text: str):
+    """Writes one run folder. `create()` starts one; `reopen()` continues one after a crash."""
+
+    def __init__(self, folder: Path, columns: Sequence[Column], metadata: dict[str, Any], rows_written: int):
         self.folder = folder
         self.columns = list(columns)
         self._formats = [c.format for c in self.columns]
         self.metadata = dict(metadata)
-        (folder / "protocol.yaml").write_text(protocol_text, encoding="utf-8")
-        (folder / "bench.yaml").write_text(bench_text, encoding="utf-8")
-        self._write_metadata()
-        self._samples = open(folder / SAMPLES_FILE, "a", encoding="utf-8", newline="")
-        self._events = open(folder / EVENTS_FILE, "a", encoding="utf-8")
-        self._samples.write(",".join(c.name for c in self.columns) + "\n")
+        self.rows_written = rows_written
         self._pending: list[str] = []
-        self._last_flush = self._last_fsync = time.monotonic()
-        self._flush_samples(fsync=True)
-        _fsync_directory(folder)
-        self.rows_written = 0
+        try:
+            self._samples = open(folder / SAMPLES_FILE, "a", encoding="utf-8", newline="")
+            self._events = open(folder / EVENTS_FILE, "a", encoding="utf-8")
+        except OSError as error:
+            raise StorageFailure(f"{folder}: cannot open the run's files: {error.strerror}") from None
+
+    @classmethod
+    def create(cls, folder: Path, columns: Sequence[Column], metadata: dict[str, Any],
+               protocol_text: str, bench_text: str) -> "RunStore":
+        try:
+            (folder / "protocol.yaml").write_text(protocol_text, encoding="utf-8")
+            (folder / "bench.yaml").write_text(bench_text, encoding="utf-8")
+            (folder / SAMPLES_FILE).write_text(",".join(c.name for c in columns) + "\n", encoding="utf-8")
+            atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=2, default=str) + "\n")
+        except OSError as error:
+            raise StorageFailure(f"{folder}: cannot write the run folder: {error.strerror}") from None
+        return cls(folder, columns, metadata, rows_written=0)
+
+    @classmethod
+    def reopen(cls, folder: Path, columns: Sequence[Column], rows: int) -> tuple["RunStore", int]:
+        """Continue a run folder at its checkpoint's row count; returns the store and the rows cut off."""
+        try:
+            cut = cut_samples_to(folder, rows)
+            return cls(folder, columns, read_json(folder / METADATA_FILE), rows_written=rows), cut
+        except OSError as error:
+            raise StorageFailure(f"{folder}: cannot reopen the run folder: {error.strerror}") from None
 
     # --- samples ---------------------------------------------------------------------
 
     def append_sample(self, values: Sequence[Any]) -> None:
         self._pending.append(",".join("" if v is None else fmt % v for fmt, v in zip(self._formats, values)))
         self.rows_written += 1
-        now = time.monotonic()
-        if now - self._last_flush >= FLUSH_INTERVAL_S:
-            self._flush_samples(fsync=now - self._last_fsync >= FSYNC_INTERVAL_S)
 
-    def _flush_samples(self, fsync: bool = False) -> None:
-        if self._pending:
-            self._samples.write("\n".join(self._pending) + "\n")
-            self._pending.clear()
-        self._samples.flush()
-        self._last_flush = time.monotonic()
-        if fsync:
-            os.fsync(self._samples.fileno())
-            self._last_fsync = self._last_flush
+    def flush(self, fsync: bool = False) -> None:
+        try:
+            if self._pending:
+                self._samples.write("\n".join(self._pending) + "\n")
+                self._pending.clear()
+            self._samples.flush()
+            if fsync:
+                os.fsync(self._samples.fileno())
+        except OSError as error:
+            raise StorageFailure(f"{self.folder}: cannot write samples ({error.strerror}); rows already "
+                                 "written are kept") from None
 
-    # --- events, checkpoint, metadata --------------------------------------------------
+    # --- events, checkpoint, status, metadata ------------------------------------------
 
     def event(self, kind: str, test_time_s: float, unix_time_s: float, **fields: Any) -> None:
-        """Record an event; samples logged so far are flushed first so the two files agree."""
-        self._flush_samples()
+        """Record an event; samples logged so far are written first so the two files agree."""
         record = {"event": kind, "test_time_s": round(test_time_s, 3), "time": utc_iso(unix_time_s), **fields}
-        self._events.write(json.dumps(record, default=str) + "\n")
-        self._events.flush()
-        os.fsync(self._events.fileno())
+        self.flush()
+        try:
+            self._events.write(json.dumps(record, default=str) + "\n")
+            self._events.flush()
+            os.fsync(self._events.fileno())
+        except OSError as error:
+            raise StorageFailure(f"{self.folder}: cannot write events ({error.strerror})") from None
 
     def checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write_text(self.folder / CHECKPOINT_FILE, json.dumps(state, indent=1, default=str) + "\n")
+        """Samples to the disk first, then the state that matches them (see the module's docstring)."""
+        self.flush(fsync=True)
+        self._atomic(CHECKPOINT_FILE, {**state, "records": self.rows_written})
+
+    def status(self, status: dict[str, Any]) -> None:
+        self._atomic(STATUS_FILE, status)
 
     def update_metadata(self, **fields: Any) -> None:
         self.metadata.update(fields)
-        self._write_metadata()
+        self._atomic(METADATA_FILE, self.metadata)
 
-    def _write_metadata(self) -> None:
-        atomic_write_text(self.folder / METADATA_FILE, json.dumps(self.metadata, indent=2, default=str) + "\n")
+    def _atomic(self, name: str, data: dict[str, Any]) -> None:
+        try:
+            atomic_write_text(self.folder / name, json.dumps(data, indent=1, default=str) + "\n")
+        except OSError as error:
+            raise StorageFailure(f"{self.folder}: cannot write {name} ({error.strerror})") from None
 
     def close(self) -> None:
-        """Everything to disk. Safe to call more than once."""
-        if not self._samples.closed:
-            self._flush_samples(fsync=True)
-            self._samples.close()
-        if not self._events.closed:
-            self._events.close()
+        """Everything to disk. Safe to call more than once, and after a storage failure."""
+        for handle, flush in ((self._samples, True), (self._events, False)):
+            if handle.closed:
+                continue
+            try:
+                if flush:
+                    self.flush(fsync=True)
+            except StorageFailure:
+                pass  # the run has already stopped on it; what is on the disk stays readable
+            finally:
+                handle.close()

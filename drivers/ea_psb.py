@@ -72,6 +72,7 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
         if owner != "REMOTE":
             raise InstrumentError(f"{self.resource}: remote control not granted (SYST:LOCK:OWN? = {owner!r}); "
                                   "is another program or the front panel holding it?")
+        self.output_found_on = self.output  # after a host crash it may still be on: worth knowing
         self.output = False
         voltage = parse_number(self.query("SYST:NOM:VOLT?"))
         current = parse_number(self.query("SYST:NOM:CURR?"))

@@ -32,6 +32,7 @@ class BidirectionalSupply(ABC):
     identity: str
     resource: str
     has_power_limits: bool = False  # True if regulate() honours source/sink power limits natively
+    output_found_on: bool = False  # whether connect() found the output on (it switches it off)
 
     @abstractmethod
     def connect(self) -> str:

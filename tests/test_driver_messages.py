@@ -58,6 +58,7 @@ PSB_CONNECT = [
     ("*IDN?", PSB_IDN),
     ("SYST:LOCK ON", None), ("SYST:ERR?", NO_ERROR_EA),
     ("SYST:LOCK:OWN?", "REMOTE"),
+    ("OUTP?", "OFF"),  # is it still on from a crashed host?
     ("OUTP OFF", None), ("SYST:ERR?", NO_ERROR_EA),
     ("SYST:NOM:VOLT?", "200.00V"), ("SYST:NOM:CURR?", "25.000A"), ("SYST:NOM:POW?", "1500.0W"),
     ("SYST:ERR?", NO_ERROR_EA),

@@ -147,5 +147,5 @@ def test_non_time_ends_are_checked_before_time_ends(tmp_path):
 def test_current_ends_are_blanked_at_the_start_of_a_step():
     end = PlannedEnd("current", "below", 0.1, "until[0]")
     quiet = Sample(0.0, 0.0, 90.0, 0.0)
-    assert not end.reached(EndContext(quiet, CURRENT_END_BLANKING_S - 0.5, 0.0, 0.0, None))
-    assert end.reached(EndContext(quiet, CURRENT_END_BLANKING_S, 0.0, 0.0, None))
+    assert not end.reached(EndContext(quiet, CURRENT_END_BLANKING_S - 0.5, 0.0, 0.0, None, current_ends_armed=False))
+    assert end.reached(EndContext(quiet, CURRENT_END_BLANKING_S, 0.0, 0.0, None, current_ends_armed=True))

@@ -75,6 +75,12 @@ class SimDaq970a(ScpiInstrument):
         self.world.sync()
         return super().handle(message)
 
+    def snapshot(self) -> dict:
+        return {}  # the driver configures its scan again when it reconnects
+
+    def restore(self, state: dict) -> None:
+        pass
+
     @staticmethod
     def _check_channel(channel: int) -> None:
         slot, number = divmod(channel, 100)

@@ -77,6 +77,17 @@ class SimEaPsb(ScpiInstrument):
         self.world.sync()
         return super().handle(message)
 
+    _STATE = ("remote", "output_on", "alarm", "voltage_V", "source_current_A", "sink_current_A", "source_power_W",
+              "sink_power_W", "ovp_V", "ocp_A", "opp_W")
+
+    def snapshot(self) -> dict:
+        """Its settings: a real supply keeps them, and its output, when the host crashes."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def restore(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
     # --- physics: what the unit does to the DUT ----------------------------------------
 
     def current_into_dut(self, emf_V: float, resistance_ohm: float) -> float:

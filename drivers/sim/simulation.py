@@ -36,6 +36,20 @@ class Simulation:
     world: SimWorld
     instruments: dict[str, ScpiInstrument]
 
+    def snapshot(self) -> dict:
+        """The simulated hardware's state: the stack and each instrument, at the clock's now."""
+        self.world.sync()
+        return {"time_s": self.world.clock.now(), "stack": self.world.stack.snapshot(),
+                "instruments": {name: instrument.snapshot() for name, instrument in self.instruments.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a snapshot: the hardware carries on, untouched, until the clock's now."""
+        self.world.stack.restore(state["stack"])
+        for name, instrument_state in state["instruments"].items():
+            self.instruments[name].restore(instrument_state)
+        self.world.set_time(state["time_s"])
+        self.world.sync()
+
 
 def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
     world = SimWorld(StackModel(config.stack, seed=config.seed), clock, fixture=config.fixture, seed=config.seed)

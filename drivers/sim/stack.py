@@ -127,6 +127,19 @@ class StackModel:
     def terminal_voltage_V(self) -> float:
         return float(np.sum(self.layer_voltages_V())) + self.current_A * self.params.interconnect_ohm
 
+    _STATE = ("capacity_Ah", "r0_ref_ohm", "soc", "v_rc", "temperature_degC", "current_A",
+              "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh")
+
+    def snapshot(self) -> dict:
+        """The stack's state, as JSON-able data (for a checkpoint)."""
+        return {name: (value.tolist() if isinstance(value, np.ndarray) else value)
+                for name in self._STATE for value in [getattr(self, name)]}
+
+    def restore(self, state: dict) -> None:
+        for name in self._STATE:
+            value = state[name]
+            setattr(self, name, np.asarray(value, float) if isinstance(value, list) else value)
+
     @property
     def equivalent_full_cycles(self) -> float:
         return (self.charged_Ah + self.discharged_Ah) / 2.0 / self.params.layer_capacity_Ah

@@ -38,6 +38,10 @@ class SimWorld:
         self._t = clock.now()
         self._sources: list[TerminalSource] = []
 
+    def set_time(self, t: float) -> None:
+        """The stack's state is that of time `t` (after restoring a snapshot)."""
+        self._t = t
+
     def connect(self, source: TerminalSource) -> None:
         self._sources.append(source)
 
