@@ -329,7 +329,10 @@ class _Binder:
             self.problem(f"{where} is a C-rate, but DUT '{self.dut.id}' has no nominal_capacity_Ah; "
                          "give the DUT its capacity in the bench file, or write the current in amperes")
             return math.nan
-        return rate * self.dut.nominal_capacity_Ah
+        amperes = rate * self.dut.nominal_capacity_Ah
+        if not math.isfinite(amperes):
+            self.problem(f"{where}: {rate:g} C of {self.dut.nominal_capacity_Ah:g} Ah is not a finite current")
+        return amperes
 
     def amps(self, amperes: Number | None, c_rate: Number | None, where: str) -> float:
         if amperes is not None:

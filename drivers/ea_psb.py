@@ -84,9 +84,7 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
         return identity
 
     def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
-        with self.batch():
-            self.over_voltage_V = over_voltage_V
-            self.over_current_A = over_current_A
+        self.set_many({"over_voltage_V": over_voltage_V, "over_current_A": over_current_A})
 
     def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float,
                  source_power_W: float | None = None, sink_power_W: float | None = None) -> None:
@@ -96,9 +94,7 @@ class EaPsb10000(ScpiDriver, BidirectionalSupply):
         changed = {name: value for name, value in wanted.items() if self._sent.get(name) != value}
         if not changed:
             return
-        with self.batch():
-            for name, value in changed.items():
-                setattr(self, name, value)
+        self.set_many(changed)
         self._sent.update(changed)
 
     def set_output(self, on: bool) -> None:

@@ -72,8 +72,12 @@ class KeysightDaq970a(ScpiDriver, ScanningMeter):
                                   f"expected a value and a channel for each of {len(self._channels)} channels")
         readings: dict[int, float] = {}
         for value_text, channel_text in zip(fields[0::2], fields[1::2]):
-            value = float(value_text)
-            readings[int(channel_text)] = math.nan if abs(value) >= OVERLOAD_THRESHOLD else value
+            try:
+                value, channel = float(value_text), int(channel_text)
+            except ValueError:
+                raise InstrumentError(f"{self.resource}: READ? answered {reply!r}; "
+                                      f"'{value_text},{channel_text}' is not a reading and a channel") from None
+            readings[channel] = math.nan if abs(value) >= OVERLOAD_THRESHOLD else value
         if sorted(readings) != self._channels:
             raise InstrumentError(f"{self.resource}: READ? returned channels {sorted(readings)}, "
                                   f"expected {self._channels}")

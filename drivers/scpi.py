@@ -88,6 +88,13 @@ class Setting:
         return self.parse(driver.query(self.query))
 
     def __set__(self, driver: "ScpiDriver", value: Any) -> None:
+        self.check(driver, value)
+        driver.write_checked(self.command(value))
+
+    def command(self, value: Any) -> str:
+        return self.set_command.format(self.to_text(value))
+
+    def check(self, driver: "ScpiDriver", value: Any) -> None:
         if self.limits is not None:
             low, high = self.limits(driver)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
@@ -95,7 +102,6 @@ class Setting:
                     f"{driver.FRIENDLY_NAME} at {driver.resource}: {self.name} = {value!r} is outside the "
                     f"model's range {low:g} to {high:g}; nothing was sent"
                 )
-        driver.write_checked(self.set_command.format(self.to_text(value)))
 
 
 class ScpiDriver:
@@ -150,6 +156,16 @@ class ScpiDriver:
         self.write(command)
         if not self._defer_checks:
             self.check_errors()
+
+    def set_many(self, values: dict[str, Any]) -> None:
+        """Several settings at once: all are range-checked before any is sent, so a bad value
+        never leaves the instrument half-updated; one error-queue check at the end."""
+        settings = [(getattr(type(self), name), value) for name, value in values.items()]
+        for setting, value in settings:
+            setting.check(self, value)
+        with self.batch():
+            for setting, value in settings:
+                self.write(setting.command(value))
 
     @contextmanager
     def batch(self) -> Iterator[None]:

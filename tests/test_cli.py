@@ -138,3 +138,12 @@ def test_a_run_killed_outright_leaves_a_readable_run_folder(tmp_path):
     assert len(frame) >= rows_seen
     summary = cycle_summary(frame)
     assert summary["Charging Capacity / Ah"].iloc[0] > 0
+
+
+def test_a_bench_wiring_more_layer_channels_than_the_simulated_stack_is_refused(tmp_path):
+    bench = tmp_path / "small.yaml"
+    bench.write_text("extends: sim\nsimulation:\n  stack:\n    layers: 20\n")
+    code, output = cycler("run", "capacity-check", "--bench", str(bench), cwd=tmp_path)
+    assert code == ExitCode.INVALID_INPUT
+    assert str(bench) in output and "layer_channels wires 23 layers" in output and "stack.layers" in output
+    assert not (tmp_path / "runs").exists()

@@ -59,6 +59,9 @@ class SimDaq970a(ScpiInstrument):
         self.IDENTITY = f"Keysight Technologies,DAQ970A,{config.serial},{config.firmware}"
         self._rng = world.noise_rng(name)
         self._layer_of = {ch: i for i, ch in enumerate(parse_channel_list(config.layer_channels))}
+        if len(self._layer_of) > world.stack.layers:
+            raise ValueError(f"{name}: layer_channels wires {len(self._layer_of)} layers; the stack has "
+                             f"{world.stack.layers}")
         for channel in [*self._layer_of, *config.thermocouples, config.load_cell_channel]:
             if channel is not None:
                 self._check_channel(channel)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stackcycler.clock import Clock
 
+from ..scpi import parse_channel_list
 from ..sensors import PressureFixture
 from .daq970a import Daq970aSimConfig, SimDaq970a
 from .ea_psb import EaPsbSimConfig, SimEaPsb
@@ -29,6 +30,16 @@ class SimulationConfig(BaseModel):
     stack: StackParameters = StackParameters()
     fixture: PressureFixture | None = None
     instruments: dict[str, SimInstrumentConfig]
+
+    @model_validator(mode="after")
+    def _layer_wiring_fits_the_stack(self) -> "SimulationConfig":
+        for name, instrument in self.instruments.items():
+            if isinstance(instrument, Daq970aSimConfig):
+                wired = len(parse_channel_list(instrument.layer_channels))
+                if wired > self.stack.layers:
+                    raise ValueError(f"instruments.{name}.layer_channels wires {wired} layers, but the "
+                                     f"simulated stack has {self.stack.layers} (stack.layers)")
+        return self
 
 
 @dataclass
