@@ -85,8 +85,11 @@ def cycle_summary(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def result_line(summary: pd.DataFrame) -> str:
-    """The one-line result of a run: the last cycle that discharged."""
-    discharged = summary[summary[SUMMARY_COLUMNS["discharge_capacity_Ah"]] > 0]
+    """The one-line result of a run: the last cycle that discharged (more than the zero-current
+    noise of rests does: 1 % of the largest charge of any cycle)."""
+    discharge = summary[SUMMARY_COLUMNS["discharge_capacity_Ah"]]
+    noise = 0.01 * summary[SUMMARY_COLUMNS["charge_capacity_Ah"]].max() if len(summary) else 0.0
+    discharged = summary[discharge > noise]
     if discharged.empty:
         charged = summary[SUMMARY_COLUMNS["charge_capacity_Ah"]].sum() if len(summary) else 0.0
         return f"no discharge recorded; charged {charged:.4f} Ah"

@@ -17,6 +17,7 @@ from stackcycler.protocols import builtin_protocols, load_protocol
 from .bench import builtin_benches, load_bench
 from .errors import EXIT_CODE_HELP, ExitCode, StackcyclerError
 from .live import LiveReporter, PlainReporter
+from .operation import find_run, list_runs, run_state, send_request, status_lines, status_table
 from .errors import InvalidInput, UnreadableInput
 from .export import dump_protocol, to_pybamm
 from .planview import plan_lines, plan_to_dict
@@ -266,6 +267,72 @@ def export_protocol(protocol, target, bench, channel, overrides, output):
     else:
         output.write_text(text, encoding="utf-8")
         console.print(f"written {output}", markup=False)
+
+
+runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                               show_default=True, envvar="CYCLER_RUNS_DIR", help="Where run folders are.")
+
+
+@main.command()
+@click.argument("run_name", metavar="[RUN]", required=False)
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
+def status(run_name, runs_dir, as_json):
+    """Show the runs on this machine, or one RUN in detail (a run folder, or a piece of its name).
+
+    Works from another terminal while runs go on; a run whose process is gone shows as crashed."""
+    try:
+        runs = [run_state(find_run(run_name, runs_dir))] if run_name else list_runs(runs_dir)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if as_json:
+        documents = [{"run": str(r.folder), "state": r.state, "reason": r.meta.get("reason"),
+                      "protocol": r.meta.get("protocol", {}).get("name"), "status": r.status} for r in runs]
+        print(json.dumps(documents[0] if run_name else documents, indent=1))
+        return
+    for line in status_lines(runs[0]) if run_name else status_table(runs):
+        console.print(line, markup=False)
+
+
+def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
+    try:
+        folder = find_run(run_name, runs_dir)
+        status = send_request(folder, request)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    done = {"pause": "paused: output off, step clock held (`cycler continue` to go on)",
+            "continue": "continued",
+            "stop": "stopped by operator; outputs " + ("off (confirmed)" if status.get("outputs_confirmed_off")
+                                                       else "NOT CONFIRMED OFF: check the bench now")}[request]
+    if request == "continue" and status.get("held_by"):
+        done = "operator pause lifted; still held by " + ", ".join(status["held_by"].values())
+    console.print(f"{folder.name}: {done}", markup=False)
+
+
+@main.command()
+@click.argument("run_name", metavar="RUN")
+@runs_dir_option
+def pause(run_name, runs_dir):
+    """Pause a running RUN: output off (rest), step clock held; safety and logging go on."""
+    _operator_request("pause", run_name, runs_dir)
+
+
+@main.command("continue")
+@click.argument("run_name", metavar="RUN")
+@runs_dir_option
+def continue_command(run_name, runs_dir):
+    """Continue a paused RUN where its step stopped."""
+    _operator_request("continue", run_name, runs_dir)
+
+
+@main.command()
+@click.argument("run_name", metavar="RUN")
+@runs_dir_option
+def stop(run_name, runs_dir):
+    """Stop a running RUN: safe state, reason "stopped by operator" (it can be resumed later)."""
+    _operator_request("stop", run_name, runs_dir)
 
 
 @main.command()

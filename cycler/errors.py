@@ -52,6 +52,10 @@ class InstrumentError(StackcyclerError):
     exit_code = ExitCode.INSTRUMENT_FAULT
 
 
+class InstrumentBusy(InstrumentError):
+    """Another run holds the instrument; nothing was sent to it."""
+
+
 class InstrumentTimeout(InstrumentError):
     """No reply arrived within the transport's timeout."""
 

@@ -15,6 +15,7 @@ held back, confirms it with the instrument, and records why the run ended.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import traceback
@@ -30,11 +31,12 @@ from .clock import Clock
 from .control import StepControl, control_for, rating_problems
 from .errors import ExitCode, InstrumentError, Interrupted, InvalidInput, SafetyTrip, StorageFailure
 from .integrators import Integrator, Throughput
+from .operation import STATUS_INTERVAL_WALL_S, ControlInbox
 from .plan import (CURRENT_END_BLANKING_S, VOLTAGE_RATE_WINDOW_S, CycleMark, EndContext, LoopEnd, LoopStart, Plan, PlannedEnd, PlannedLoop,
                    PlannedStep, RunStep)
 from .safety import SafetyMonitor
 from .sample import Sample
-from .store import Column, RunStore
+from .store import Column, RunStore, utc_iso
 
 HEALTH_CHECK_INTERVAL_S = 10.0  # test time between error-queue and output-state checks
 CHECKPOINT_INTERVAL_WALL_S = 0.5  # at most this much of the data is lost when the host dies
@@ -168,6 +170,13 @@ class Runner:
         self._resumed = False
         self._last_sample: Sample | None = None
         self._current_ends_armed_at = 0.0  # test time from which current-based ends may fire
+        # Holding: output off, step clock stopped, ends not evaluated, safety and recording going on.
+        self.holds: dict[str, str] = {}  # who holds the step ("operator", a suspend condition) -> why
+        self._held_since: float | None = None  # test time the hold began
+        self.held_total_s = 0.0
+        self._inbox = ControlInbox(store.folder)
+        self._acknowledged: str | None = None  # the last operator request acted on
+        self._next_status_wall = 0.0
 
     # --- the run as a whole ----------------------------------------------------------
 
@@ -238,8 +247,7 @@ class Runner:
         if self.step_started_at is None:
             self._start_step(sample)
         step = self.step
-        step_time = sample.test_time_s - self.step_started_at
-        row = self._row(sample, step, step_time)  # the sample belongs to the step it was measured in
+        row = self._row(sample, step, self._step_time(sample.test_time_s))  # in the step it was measured in
 
         test = self.integrator.test
         try:
@@ -247,8 +255,11 @@ class Runner:
         except SafetyTrip:
             self._record(sample, row, forced=True)
             raise
+        self._operator_requests(sample)
+        held = self._held_since is not None
 
-        end = self._reached_end(sample, step_time)
+        step_time = self._step_time(sample.test_time_s)
+        end = None if held else self._reached_end(sample, step_time)
         # Recorded before anything is acted on, so a fault while applying control cannot lose it.
         self._record(sample, row, forced=self._force_record or end is not None)
         self._force_record = False
@@ -259,17 +270,70 @@ class Runner:
             self.channel.check_health()
             if self._end_step(sample, step_time, end):
                 return True
+            step_time = 0.0
         starting = end is not None or self.step_count == 1 and step_time == 0
-        changed = self.channel.apply(self.control.command(sample.test_time_s - self.step_started_at, sample))
+        command = None if held else self.control.command(step_time, sample)
+        changed = self.channel.apply(command)
         if end is not None or sample.test_time_s >= self._next_health_check:
             self.channel.check_health()
             self._next_health_check = sample.test_time_s + HEALTH_CHECK_INTERVAL_S
-        if changed and (starting or self.control.steps_on_change):
+        if changed and not held and (starting or self.control.steps_on_change):
             self._measure_after_switch()
         if time.monotonic() - self._last_checkpoint_wall >= CHECKPOINT_INTERVAL_WALL_S:
             self._checkpoint(sample)
+        self._publish_status(sample)
         self.reporter.tick(self._status(sample))
         return False
+
+    def _step_time(self, test_time_s: float) -> float:
+        """Time in the step, not counting time on hold."""
+        now = test_time_s if self._held_since is None else self._held_since
+        return now - self.step_started_at
+
+    # --- holding the step: operator pause, environment suspend --------------------------
+
+    def hold(self, who: str, why: str, sample: Sample) -> None:
+        """Output off and the step clock stopped until every holder has released."""
+        if who in self.holds:
+            return
+        self.holds[who] = why
+        if self._held_since is None:
+            self._held_since = sample.test_time_s
+        self._force_record = True
+        self._event("paused" if who == "operator" else "suspended", by=who, reason=why, step=self.step.number,
+                    step_time_s=round(self._step_time(sample.test_time_s), 3))
+
+    def release(self, who: str, sample: Sample) -> None:
+        if self.holds.pop(who, None) is None:
+            return
+        held_s = sample.test_time_s - self._held_since
+        self._event("continued" if who == "operator" else "suspension_cleared", by=who,
+                    **({"still_held_by": sorted(self.holds)} if self.holds else {"held_s": round(held_s, 3)}))
+        if self.holds:
+            return
+        self.step_started_at += held_s  # the step's clock carries on where it stopped
+        self.held_total_s += held_s
+        self._held_since = None
+        self._force_record = True
+        self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S  # the output comes back on
+        if self._rate is not None:
+            self._rate = _VoltageRate()  # the rest's relaxation says nothing about the step's own rate
+
+    def _operator_requests(self, sample: Sample) -> None:
+        """Act on `cycler pause|continue|stop` from another terminal."""
+        request = self._inbox.poll()
+        if request is None:
+            return
+        kind, identifier = request
+        self._acknowledged = identifier
+        self._event("operator_request", request=kind)
+        if kind == "stop":
+            raise Interrupted("stopped by operator")  # acknowledged once the output is confirmed off
+        if kind == "pause":
+            self.hold("operator", "paused by operator", sample)
+        else:
+            self.release("operator", sample)
+        self._publish_status(sample, now=True)
 
     def _measure_after_switch(self) -> None:
         """A sample right after a step in current, as cyclers take one at every step change: the
@@ -278,7 +342,7 @@ class Runner:
         self.integrator.update(sample)
         if self._rate is not None:
             self._rate.add(sample.test_time_s, sample.voltage_V)  # the step's first point
-        row = self._row(sample, self.step, sample.test_time_s - self.step_started_at)
+        row = self._row(sample, self.step, self._step_time(sample.test_time_s))
         test = self.integrator.test
         try:
             self.safety.check(sample, test.charge_Ah - test.discharge_Ah)
@@ -431,11 +495,11 @@ class Runner:
         self.store.checkpoint({
             "test_time_s": sample.test_time_s, "wall_unix_time_s": time.time(),
             "program_counter": self.pc, "step_number": self.step.number,
-            "step_time_s": sample.test_time_s - self.step_started_at, "step_count": self.step_count,
+            "step_time_s": self._step_time(sample.test_time_s), "step_count": self.step_count,
             "cycle_count": self.cycle_count, "loop_iterations": self.loop_iteration,
             "loop_discharge_at_start": self.loop_discharge_at_start, "loop_first_capacity": self.loop_first_capacity,
             "step_discharges": self.step_discharges, "expected_done_s": self.expected_done_s,
-            "overruns": self.overruns, "integrators": integrators,
+            "overruns": self.overruns, "held_total_s": self.held_total_s, "integrators": integrators,
             "last_sample": {"test_time_s": sample.test_time_s, "voltage_V": sample.voltage_V,
                             "current_A": sample.current_A, "layer_voltages_V": sample.layer_voltages_V.tolist(),
                             "temperatures_degC": sample.temperatures_degC, "pressure_MPa": sample.pressure_MPa},
@@ -459,6 +523,7 @@ class Runner:
         self.step_discharges = {k: list(v) for k, v in checkpoint["step_discharges"].items()}
         self.expected_done_s = checkpoint["expected_done_s"]
         self.overruns = checkpoint["overruns"]
+        self.held_total_s = checkpoint.get("held_total_s", 0.0)
         self.records = checkpoint["records"]
         for scope, values in checkpoint["integrators"].items():
             setattr(self.integrator, scope, Throughput(**values))
@@ -477,8 +542,7 @@ class Runner:
 
     def _status(self, sample: Sample) -> RunStatus:
         step = self.step
-        started = sample.test_time_s if self.step_started_at is None else self.step_started_at
-        step_time = sample.test_time_s - started
+        step_time = 0.0 if self.step_started_at is None else self._step_time(sample.test_time_s)
         step_progress = min(step_time / step.expected_s, 0.99) if step.expected_s > 0 else 0.0
         total = self.plan.expected_duration_s
         overall = min((self.expected_done_s + step_progress * step.expected_s) / total, 0.999) if total > 0 else 0.0
@@ -486,6 +550,42 @@ class Runner:
         return RunStatus(step, self.step_count, len(self.plan.steps), sample, step_time,
                          throughput.charge_Ah - throughput.discharge_Ah, step_progress, overall,
                          self.cycle_count, self._loops_text() if self.loop_iteration else "")
+
+    def _publish_status(self, sample: Sample, now: bool = False, ended: str | None = None,
+                        outputs_off: bool | None = None) -> None:
+        """status.json for `cycler status` in another terminal: about once a second of wall time."""
+        wall = time.monotonic()
+        if not (now or ended or wall >= self._next_status_wall):
+            return
+        self._next_status_wall = wall + STATUS_INTERVAL_WALL_S
+        status = self._status(sample)
+        step, test, cycle = self.step, self.integrator.test, self.integrator.cycle
+        remaining = max(self.plan.expected_duration_s * (1.0 - status.overall_progress), 0.0)
+        layers = sample.layer_voltages_V
+        self.store.status({
+            "heartbeat_unix_s": time.time(), "pid": os.getpid(), "acknowledged": self._acknowledged,
+            "state": ended or ("paused" if "operator" in self.holds else "suspended" if self.holds else "running"),
+            "held_by": self.holds,
+            "protocol": self.plan.protocol.name, "channel": self.channel.name,
+            "step": {"number": step.number, "name": step.name, "setpoint": step.setpoint(),
+                     "count": self.step_count, "steps_in_protocol": len(self.plan.steps)},
+            "step_time_s": round(status.step_time_s, 3), "test_time_s": round(sample.test_time_s, 3),
+            "time": utc_iso(sample.unix_time_s),
+            "voltage_V": sample.voltage_V, "current_A": sample.current_A, "power_W": sample.power_W,
+            "layers": None if layers.size == 0 else {
+                "min_V": float(layers.min()), "max_V": float(layers.max()),
+                "spread_mV": float(layers.max() - layers.min()) * 1e3,
+                "lowest": int(layers.argmin()) + 1, "highest": int(layers.argmax()) + 1},
+            "temperatures_degC": sample.temperatures_degC, "ambient_degC": sample.ambient_degC,
+            "pressure_MPa": sample.pressure_MPa,
+            "cycle": self.cycle_count, "loops": status.loops,
+            "cycle_charge_Ah": cycle.charge_Ah, "cycle_discharge_Ah": cycle.discharge_Ah,
+            "test_charge_Ah": test.charge_Ah, "test_discharge_Ah": test.discharge_Ah,
+            "held_total_s": round(self.held_total_s, 3), "overruns": self.overruns,
+            "progress": round(status.overall_progress, 4), "remaining_s": round(remaining, 1),
+            "eta": utc_iso(sample.unix_time_s + remaining),  # on the run's clock, as in samples.csv
+            **({"outputs_confirmed_off": outputs_off} if ended else {}),
+        })
 
     # --- the one way out -------------------------------------------------------------
 
@@ -508,6 +608,9 @@ class Runner:
                                 action="outputs may still be ON: switch the supply off at the bench")
                 self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
                             steps_run=self.step_count, cycles=self.cycle_count)
+                if self._last_sample is not None and self.step is not None:
+                    # acknowledges a stop now that the output is off
+                    self._publish_status(self._last_sample, ended=state, outputs_off=problem is None)
             except StorageFailure as failure:
                 if state != "storage_failure":
                     state, code, reason = "storage_failure", failure.exit_code, f"{reason}; then {failure}"

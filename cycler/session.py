@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import os
 import platform
 import signal
 import tempfile
@@ -33,8 +34,10 @@ from .analysis import SUMMARY_COLUMNS, cycle_summary, read_samples, result_line
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
+from .operation import this_host
 from .control import control_for, rating_problems
 from .errors import InvalidInput, StorageFailure, UnreadableInput
+from .locks import InstrumentLocks
 from .plan import Plan, PlannedStep, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
 from .safety import SafetyEnvelope
@@ -91,26 +94,46 @@ class OpenBench:
     simulation: Simulation | None
     drivers: dict[str, object]
     identities: dict[str, str]
+    locks: InstrumentLocks
 
     def close(self) -> None:
-        for driver in self.drivers.values():
-            try:
-                driver.close()
-            except Exception:
-                pass  # closing is best effort; the safe state was reached before
+        try:
+            for driver in self.drivers.values():
+                try:
+                    driver.close()
+                except Exception:
+                    pass  # closing is best effort; the safe state was reached before
+        finally:
+            self.locks.release_all()
+
+
+def instruments_to_lock(config: BenchConfig, instrument_names: set[str]) -> dict[str, str]:
+    """name -> resource of the instruments a program must hold alone: the real ones (a simulated
+    instrument lives inside its own run)."""
+    if config.simulated:
+        return {}
+    return {name: config.instruments[name].resource for name in sorted(instrument_names)}
 
 
 def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None, start_s: float = 0.0,
-               start_unix: float | None = None, simulation_state: dict | None = None) -> OpenBench:
-    """Connect the named instruments. A resumed run starts its clock at `start_s` and, on a simulated
-    bench, restores the simulated hardware from its snapshot first."""
+               start_unix: float | None = None, simulation_state: dict | None = None,
+               holder: str = "cycler") -> OpenBench:
+    """Lock and connect the named instruments. A resumed run starts its clock at `start_s` and, on a
+    simulated bench, restores the simulated hardware from its snapshot first."""
     config = bench.config
+    locks = InstrumentLocks(holder)
+    try:
+        for name, resource in instruments_to_lock(config, instrument_names).items():
+            locks.acquire(name, resource)  # before anything is sent to any of them
+    except BaseException:
+        locks.release_all()
+        raise
     clock: Clock = (VirtualClock(speed, start_unix=start_unix, start_s=start_s) if config.simulated
                     else WallClock(start_s))
     simulation = build_simulation(config.simulation, clock) if config.simulated else None
     if simulation is not None and simulation_state is not None:
         simulation.restore(simulation_state)
-    opened = OpenBench(clock, simulation, {}, {})
+    opened = OpenBench(clock, simulation, {}, {}, locks)
     try:
         for name in sorted(instrument_names):
             instrument = config.instruments[name]
@@ -155,6 +178,7 @@ def _metadata(prepared: PreparedRun, opened: OpenBench, channel: Channel, column
     return {
         "format": "stackcycler run folder, version 1",
         "state": "running",
+        "pid": os.getpid(), "host": this_host(),  # so that `cycler status` can tell a crashed run
         "started": utc_iso(opened.clock.unix_time()),
         "start_unix_time_s": opened.clock.unix_time(),
         "operator": request.operator,
@@ -281,6 +305,13 @@ def _instrument_names(prepared: PreparedRun) -> set[str]:
     return {prepared.channel.supply, *prepared.channel.meter_names()}
 
 
+def _note_locks(opened: OpenBench, store: RunStore) -> None:
+    """Name the run in its instrument locks, and log any lock a crashed run had left."""
+    opened.locks.rename(f"run {store.folder.resolve()}")
+    for stale in opened.locks.stale:
+        store.event("stale_lock_released", opened.clock.now(), opened.clock.unix_time(), lock=stale)
+
+
 def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
     try:
         outcome = runner.run()
@@ -302,7 +333,8 @@ def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> Ru
 
 def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
     stop = stop or StopRequest()
-    opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed)
+    opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed,
+                        holder=f"a run of {prepared.plan.protocol.name} (starting)")
     try:
         channel = _channel(prepared, opened)
         columns = sample_columns(channel)
@@ -311,6 +343,7 @@ def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest
         store = RunStore.create(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
                                 _metadata(prepared, opened, channel, [c.name for c in columns]),
                                 prepared.protocol.text, prepared.bench.text)
+        _note_locks(opened, store)
         snapshot = opened.simulation.snapshot if opened.simulation else None
         runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
         return _run_and_summarise(runner, store, opened)
@@ -403,7 +436,8 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
     gap_s = max(max(time.time() - checkpoint["wall_unix_time_s"], 0.0) * (speed or 0.0), prepared.channel.tick_s)
     now_s = checkpoint["test_time_s"] + gap_s
     opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed, start_s=now_s,
-                        start_unix=meta["start_unix_time_s"], simulation_state=checkpoint.get("simulation"))
+                        start_unix=meta["start_unix_time_s"], simulation_state=checkpoint.get("simulation"),
+                        holder=f"run {folder.resolve()} (resuming)")
     try:
         channel = _channel(prepared, opened)
         columns = sample_columns(channel)
@@ -421,6 +455,7 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
         if not confirm(preview):
             return None
         store, rows_cut = RunStore.reopen(folder, columns, checkpoint["records"])
+        _note_locks(opened, store)
         snapshot = opened.simulation.snapshot if opened.simulation else None
         runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
         runner.restore(checkpoint, opened.clock.now())
@@ -428,7 +463,8 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
                     gap_s=round(gap_s, 3), rows_after_checkpoint_dropped=rows_cut, step=instruction.step.number,
                     output_found_on=preview.output_found_on, voltage_at_checkpoint_V=preview.then["voltage_V"],
                     voltage_now_V=now.voltage_V, forced=bool(preview.problems))
-        store.update_metadata(state="running", resumed_times=meta.get("resumed_times", 0) + 1,
+        store.update_metadata(state="running", pid=os.getpid(), host=this_host(),
+                              resumed_times=meta.get("resumed_times", 0) + 1,
                               last_resume=utc_iso(time.time()))
         return _run_and_summarise(runner, store, opened)
     finally:

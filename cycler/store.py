@@ -49,15 +49,18 @@ class Column:
     format: str  # %-format for one value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that a reader sees the old or the new file, never a torn one."""
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Replace `path` with `text` so that a reader sees the old or the new file, never a torn one.
+    `durable`: also on the disk before returning (not needed for what is rewritten every second)."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -179,15 +182,15 @@ class RunStore:
         self._atomic(CHECKPOINT_FILE, {**state, "records": self.rows_written})
 
     def status(self, status: dict[str, Any]) -> None:
-        self._atomic(STATUS_FILE, status)
+        self._atomic(STATUS_FILE, status, durable=False)
 
     def update_metadata(self, **fields: Any) -> None:
         self.metadata.update(fields)
         self._atomic(METADATA_FILE, self.metadata)
 
-    def _atomic(self, name: str, data: dict[str, Any]) -> None:
+    def _atomic(self, name: str, data: dict[str, Any], durable: bool = True) -> None:
         try:
-            atomic_write_text(self.folder / name, json.dumps(data, indent=1, default=str) + "\n")
+            atomic_write_text(self.folder / name, json.dumps(data, indent=1, default=str) + "\n", durable)
         except OSError as error:
             raise StorageFailure(f"{self.folder}: cannot write {name} ({error.strerror})") from None
 

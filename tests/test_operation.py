@@ -1,0 +1,167 @@
+"""Operating a running test from another terminal: status, pause, continue, stop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
+import pytest
+from support import data_rows, events_of, start_logging_run
+
+from stackcycler.errors import ExitCode
+from stackcycler.live import SilentReporter
+from stackcycler.operation import find_run, list_runs, run_state
+from stackcycler.store import CONTROL_FILE, atomic_write_text
+
+
+def cycler_process(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stackcycler", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+class RequestAt(SilentReporter):
+    """Plays the technician in another terminal: writes `request` to control.json at a test time."""
+
+    def __init__(self, folder_of, *requests: tuple[float, str]):
+        self.folder_of, self.requests = folder_of, list(requests)
+
+    def tick(self, status):
+        if self.requests and status.test_time_s >= self.requests[0][0]:
+            _, request = self.requests.pop(0)
+            atomic_write_text(self.folder_of() / CONTROL_FILE,
+                              json.dumps({"request": request, "id": uuid.uuid4().hex}))
+            time.sleep(0.3)  # the runner looks at most every 0.25 s of wall time
+
+
+def newest_run(tmp_path):
+    return sorted((tmp_path / "runs").iterdir())[-1]
+
+
+def test_pause_rests_the_channel_and_holds_the_step_clock(run_text, tmp_path):
+    protocol = """
+name: timed
+record: {time_s: 1}
+steps:
+  - {step: cc, name: charge, current_A: 1.0, until: [{step_time_s: 600}]}
+  - {step: rest, name: rest, duration_s: 60}
+"""
+    reporter = RequestAt(lambda: newest_run(tmp_path), (200.0, "pause"), (260.0, "continue"))
+    result = run_text(protocol, reporter=reporter)
+    assert result.outcome.state == "completed"
+    samples = pd.read_csv(result.outcome.folder / "samples.csv")
+    events = events_of(result)
+    paused = next(e for e in events if e["event"] == "paused")
+    continued = next(e for e in events if e["event"] == "continued")
+    held_s = continued["held_s"]
+    assert held_s >= 60
+    # the charge step still lasted its 600 s of step time: the pause is not counted in it
+    charge_end = next(e for e in events if e["event"] == "step_end" and e["step"] == 1)
+    assert charge_end["step_time_s"] == pytest.approx(600, abs=1.0)
+    assert charge_end["test_time_s"] == pytest.approx(600 + held_s, abs=1.5)
+    on_hold = samples[(samples["Test Time / s"] > paused["test_time_s"] + 1)
+                      & (samples["Test Time / s"] < continued["test_time_s"])]
+    assert len(on_hold) > 30  # safety and recording went on
+    assert on_hold["Current / A"].abs().max() < 0.01  # output off
+    assert on_hold["Step Time / s"].nunique() == 1  # the step clock stood still
+    assert on_hold["Step ID"].eq(1).all()
+    after = samples[samples["Test Time / s"] > continued["test_time_s"] + 2]
+    assert after[after["Step ID"] == 1]["Current / A"].iloc[0] == pytest.approx(1.0, abs=0.01)
+    # the charge counted is the current's, on hold or not: 600 s at 1 A
+    assert samples["Charging Capacity / Ah"].iloc[-1] == pytest.approx(600 / 3600, rel=0.01)
+
+
+def test_stop_ends_in_the_safe_state_stopped_by_operator(run_protocol, tmp_path):
+    reporter = RequestAt(lambda: newest_run(tmp_path), (300.0, "stop"))
+    result = run_protocol(reporter=reporter)
+    outcome = result.outcome
+    assert outcome.state == "interrupted" and outcome.exit_code == ExitCode.INTERRUPTED
+    assert outcome.reason == "stopped by operator" and outcome.outputs_confirmed_off
+    assert not result.simulation.instruments["supply"].output_on
+    status = json.loads((outcome.folder / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["outputs_confirmed_off"] is True
+    assert run_state(outcome.folder).state == "interrupted"
+
+
+def test_a_request_left_from_before_a_resume_is_not_acted_on_again(run_protocol, tmp_path):
+    from stackcycler.session import resume
+
+    first = run_protocol(reporter=RequestAt(lambda: newest_run(tmp_path), (300.0, "stop")))
+    folder = first.outcome.folder
+    result = resume(folder, SilentReporter(), confirm=lambda preview: True)
+    assert result.outcome.state == "completed"
+    assert [e["request"] for e in events_of(folder) if e["event"] == "operator_request"] == ["stop"]
+
+
+def test_status_pause_continue_stop_from_another_process(tmp_path):
+    process, samples = start_logging_run(tmp_path, 5, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        folder = samples.parent
+        listing = cycler_process("status", cwd=tmp_path)
+        assert listing.returncode == 0
+        assert folder.name in listing.stdout and " running " in listing.stdout
+
+        one = cycler_process("status", folder.name[-20:], "--json", cwd=tmp_path)  # a piece of the name will do
+        status = json.loads(one.stdout)
+        assert status["state"] == "running" and status["protocol"] == "capacity-check"
+        live = status["status"]
+        for field in ("step", "step_time_s", "voltage_V", "current_A", "layers", "temperatures_degC",
+                      "pressure_MPa", "cycle", "cycle_discharge_Ah", "test_time_s", "remaining_s", "eta"):
+            assert field in live, field
+        assert live["layers"]["min_V"] <= live["layers"]["max_V"] and 1 <= live["layers"]["lowest"] <= 23
+
+        text = cycler_process("status", str(folder), cwd=tmp_path).stdout
+        for label in ("step 1 'charge'", "voltage:", "layers: min", "pressure:", "progress:", "ETA"):
+            assert label in text, label
+
+        paused = cycler_process("pause", folder.name, cwd=tmp_path)
+        assert paused.returncode == 0 and "paused" in paused.stdout
+        assert run_state(folder).state == "paused"
+        rows = len(data_rows(samples))
+        while len(data_rows(samples)) < rows + 5:  # recording goes on while paused
+            time.sleep(0.05)
+        held = pd.read_csv(samples).iloc[rows + 1:]
+        assert held["Current / A"].abs().max() < 0.01
+
+        assert cycler_process("continue", folder.name, cwd=tmp_path).returncode == 0
+        assert run_state(folder).state == "running"
+
+        stopped = cycler_process("stop", folder.name, cwd=tmp_path)
+        assert stopped.returncode == 0 and "off (confirmed)" in stopped.stdout
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == ExitCode.INTERRUPTED
+        assert "stopped by operator" in output
+    finally:
+        process.kill()
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["state"] == "interrupted" and meta["reason"] == "stopped by operator"
+    assert meta["outputs_confirmed_off"] is True
+    kinds = [e["event"] for e in events_of(folder)]
+    assert kinds.index("paused") < kinds.index("continued") < kinds.index("interrupted") < kinds.index("safe_state")
+
+
+def test_a_killed_run_shows_as_crashed_and_refuses_requests(tmp_path):
+    process, samples = start_logging_run(tmp_path, 5, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process.kill()
+    process.wait(timeout=30)
+    folder = samples.parent
+    assert run_state(folder).state == "crashed"
+    assert [run.state for run in list_runs(tmp_path / "runs")] == ["crashed"]
+    refused = cycler_process("pause", folder.name, cwd=tmp_path)
+    assert refused.returncode == ExitCode.INVALID_INPUT
+    assert "crashed" in refused.stderr and "cycler resume" in refused.stderr
+
+
+def test_a_run_name_must_be_unambiguous(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("20261123-100000_capacity-check_sim_stack1", "20261123-110000_capacity-check_sim_stack1"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.json").write_text(json.dumps({"state": "completed"}))
+    assert find_run("100000", runs).name.startswith("20261123-100000")
+    with pytest.raises(Exception, match="matches 2 runs"):
+        find_run("capacity-check", runs)
+    with pytest.raises(Exception, match="no run 'gitt'"):
+        find_run("gitt", runs)
