@@ -555,6 +555,13 @@ def _check_inputs(binder: _Binder, plan_steps: list[PlannedStep]) -> None:
         if not wired[what] and any(name in armed for name in limits):
             binder.problem(f"a {what} safety limit is armed but the channel has no {what} input to check it; "
                            "wire one in the bench file or remove the limit")
+    suspend = binder.protocol.suspend
+    if suspend is not None:
+        has_ambient = any(t.sensor == "ambient" for t in channel.temperatures)
+        for name, available, what in (("pressure_MPa", wired["pressure"], "pressure input"),
+                                      ("ambient_degC", has_ambient, "ambient (chamber) temperature sensor")):
+            if getattr(suspend, name) is not None and not available:
+                binder.problem(f"suspend.{name}: the channel has no {what} to watch it with")
     for step in plan_steps:
         for end in step.ends:
             what = {"layer_voltage": "layer voltage", "temperature": "temperature", "pressure": "pressure"}.get(

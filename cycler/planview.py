@@ -66,6 +66,7 @@ def plan_to_dict(plan: Plan, bench_name: str, channel_name: str,
         "requires": [name for name, needed in plan.protocol.requires.model_dump().items() if needed],
         "program": program,
         "safety": {**plan.envelope.armed(), "debounce_s": plan.envelope.debounce_s},
+        "suspend": plan.protocol.suspend.model_dump() if plan.protocol.suspend else None,
         "record": {"time_s": plan.record_time_s, "voltage_V": plan.record_voltage_V,
                    "current_A": plan.record_current_A},
         "duration": {"expected_s": plan.expected_duration_s if expected_s is None else expected_s,
@@ -120,6 +121,15 @@ def plan_lines(plan: Plan, bench_name: str, channel_name: str, expected_s: float
     lines.append("safety limits (always armed, trip to outputs off): "
                  + (", ".join(f"{k} = {v:g}" for k, v in armed.items()) or "none")
                  + f"; debounce {plan.envelope.debounce_s:g} s")
+    suspend = plan.protocol.suspend
+    if suspend is not None:
+        bands = ", ".join(f"{name} {band.min if band.min is not None else '-inf'} to "
+                          f"{band.max if band.max is not None else 'inf'}" for name, band in suspend.watched().items())
+        lines.append(f"suspend (output off, step clock held) while outside: {bands}; continue "
+                     + (f"after {suspend.clear_for_s:g} s back in band" if suspend.resume == "automatic"
+                        else "when the operator says so (`cycler continue`)")
+                     + (f"; end the run after {suspend.max_suspended_s:g} s suspended" if suspend.max_suspended_s
+                        else ""))
     record = f"record every {plan.record_time_s:g} s"
     if plan.record_voltage_V is not None:
         record += f" or ΔV ≥ {plan.record_voltage_V:g} V"

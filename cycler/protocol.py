@@ -43,6 +43,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 
 from .safety import SafetyLimits
 from .stepstrings import parse_step_string
+from .suspend import SuspendConditions
 
 DUT_FIELDS = ("charge_voltage_V", "discharge_voltage_V", "nominal_capacity_Ah", "layers")
 GOTO_KEYWORDS = ("next", "end_of_loop", "exit_loop", "end_of_test")
@@ -367,6 +368,8 @@ class Protocol(_Strict):
         default_factory=dict, description="name -> number, or 'dut.<field>' to take it from the DUT")
     record: RecordCriteria = RecordCriteria()
     safety: SafetyLimits = SafetyLimits()
+    suspend: SuspendConditions | None = Field(
+        None, description="environment bands that put the test on hold while it is outside them")
     requires: Requirements = Requirements()
     steps: list[Item] = Field(min_length=1)
 

@@ -37,6 +37,7 @@ from .plan import (CURRENT_END_BLANKING_S, VOLTAGE_RATE_WINDOW_S, CycleMark, End
 from .safety import SafetyMonitor
 from .sample import Sample
 from .store import Column, RunStore, utc_iso
+from .suspend import SuspendMonitor
 
 HEALTH_CHECK_INTERVAL_S = 10.0  # test time between error-queue and output-state checks
 CHECKPOINT_INTERVAL_WALL_S = 0.5  # at most this much of the data is lost when the host dies
@@ -172,6 +173,8 @@ class Runner:
         self._current_ends_armed_at = 0.0  # test time from which current-based ends may fire
         # Holding: output off, step clock stopped, ends not evaluated, safety and recording going on.
         self.holds: dict[str, str] = {}  # who holds the step ("operator", a suspend condition) -> why
+        self._hold_started: dict[str, float] = {}
+        self.suspension = SuspendMonitor(plan.protocol.suspend)
         self._held_since: float | None = None  # test time the hold began
         self.held_total_s = 0.0
         self._inbox = ControlInbox(store.folder)
@@ -255,6 +258,7 @@ class Runner:
         except SafetyTrip:
             self._record(sample, row, forced=True)
             raise
+        self._watch_environment(sample)
         self._operator_requests(sample)
         held = self._held_since is not None
 
@@ -297,6 +301,7 @@ class Runner:
         if who in self.holds:
             return
         self.holds[who] = why
+        self._hold_started[who] = sample.test_time_s
         if self._held_since is None:
             self._held_since = sample.test_time_s
         self._force_record = True
@@ -306,6 +311,7 @@ class Runner:
     def release(self, who: str, sample: Sample) -> None:
         if self.holds.pop(who, None) is None:
             return
+        del self._hold_started[who]
         held_s = sample.test_time_s - self._held_since
         self._event("continued" if who == "operator" else "suspension_cleared", by=who,
                     **({"still_held_by": sorted(self.holds)} if self.holds else {"held_s": round(held_s, 3)}))
@@ -318,6 +324,27 @@ class Runner:
         self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S  # the output comes back on
         if self._rate is not None:
             self._rate = _VoltageRate()  # the rest's relaxation says nothing about the step's own rate
+
+    def _watch_environment(self, sample: Sample) -> None:
+        """Suspend while a `suspend:` band of the protocol is left; continue when it is back."""
+        started, cleared = self.suspension.update(sample)
+        for condition, why in started.items():
+            self.hold(condition, why, sample)
+        for condition in cleared:
+            if self.suspension.conditions.resume == "operator":
+                self.hold("operator", f"{condition} back in band; waiting for `cycler continue`", sample)
+            self.release(condition, sample)
+        limit = self.suspension.conditions.max_suspended_s if self.suspension.conditions else None
+        for condition in self.suspension.suspended:
+            if limit is not None and sample.test_time_s - self._hold_started[condition] > limit:
+                raise Interrupted(f"suspended longer than max_suspended_s = {limit:g} s: {self.holds[condition]}")
+
+    def _held_s(self) -> float:
+        """Time on hold so far, the present hold included."""
+        ongoing = 0.0
+        if self._held_since is not None and self._last_sample is not None:
+            ongoing = self._last_sample.test_time_s - self._held_since
+        return self.held_total_s + ongoing
 
     def _operator_requests(self, sample: Sample) -> None:
         """Act on `cycler pause|continue|stop` from another terminal."""
@@ -581,7 +608,7 @@ class Runner:
             "cycle": self.cycle_count, "loops": status.loops,
             "cycle_charge_Ah": cycle.charge_Ah, "cycle_discharge_Ah": cycle.discharge_Ah,
             "test_charge_Ah": test.charge_Ah, "test_discharge_Ah": test.discharge_Ah,
-            "held_total_s": round(self.held_total_s, 3), "overruns": self.overruns,
+            "held_total_s": round(self._held_s(), 3), "overruns": self.overruns,
             "progress": round(status.overall_progress, 4), "remaining_s": round(remaining, 1),
             "eta": utc_iso(sample.unix_time_s + remaining),  # on the run's clock, as in samples.csv
             **({"outputs_confirmed_off": outputs_off} if ended else {}),
@@ -615,7 +642,8 @@ class Runner:
                 if state != "storage_failure":
                     state, code, reason = "storage_failure", failure.exit_code, f"{reason}; then {failure}"
             outcome = RunOutcome(state, code, reason, self.store.folder, outputs_confirmed_off=problem is None,
-                                 details={"overruns": self.overruns, "records": self.records})
+                                 details={"overruns": self.overruns, "records": self.records,
+                                          "held_s": round(self._held_s(), 3)})
             self.reporter.finished(outcome)
             return outcome
         finally:

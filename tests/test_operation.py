@@ -165,3 +165,77 @@ def test_a_run_name_must_be_unambiguous(tmp_path):
         find_run("capacity-check", runs)
     with pytest.raises(Exception, match="no run 'gitt'"):
         find_run("gitt", runs)
+
+
+# --- suspending while the environment is out of band --------------------------------------------
+
+SUSPENDING = """
+name: suspending
+record: {time_s: 1}
+suspend:
+  pressure_MPa: {min: 4.0, max: 7.0}
+  resume: %s
+  clear_for_s: 30
+  %s
+steps:
+  - {step: cc, name: charge, current_A: 1.0, until: [{step_time_s: 600}]}
+  - {step: rest, name: rest, duration_s: 60}
+"""
+
+
+@pytest.fixture
+def fixture_slips(monkeypatch):
+    """The stack's fixture loses its pressure for a while: readings 150 to 300 of the load cell."""
+    from stackcycler.drivers.sim.stack import StackModel
+
+    real = StackModel.pressure_MPa
+    calls = {"n": 0}
+
+    def pressure(self):
+        calls["n"] += 1
+        return 2.5 if 150 <= calls["n"] < 300 else real(self)
+
+    monkeypatch.setattr(StackModel, "pressure_MPa", pressure)
+
+
+def test_out_of_band_pressure_suspends_and_the_step_continues_when_it_is_back(run_text, fixture_slips):
+    result = run_text(SUSPENDING % ("automatic", ""))
+    assert result.outcome.state == "completed"
+    events = events_of(result)
+    suspended = next(e for e in events if e["event"] == "suspended")
+    cleared = next(e for e in events if e["event"] == "suspension_cleared")
+    assert suspended["by"] == "pressure_MPa" and "below 4" in suspended["reason"]
+    assert cleared["held_s"] >= 150 + 30 - 5  # out of band for ~150 ticks, then clear for 30 s
+    samples = pd.read_csv(result.outcome.folder / "samples.csv")
+    held = samples[(samples["Test Time / s"] > suspended["test_time_s"] + 1)
+                   & (samples["Test Time / s"] < cleared["test_time_s"])]
+    assert held["Current / A"].abs().max() < 0.01 and held["Step Time / s"].nunique() == 1
+    charge_end = next(e for e in events if e["event"] == "step_end" and e["step"] == 1)
+    assert charge_end["step_time_s"] == pytest.approx(600, abs=1.0)  # suspended time not in step time
+    assert json.loads((result.outcome.folder / "run.json").read_text())["held_s"] == pytest.approx(cleared["held_s"])
+
+
+def test_a_suspension_can_wait_for_the_operator(run_text, fixture_slips, tmp_path):
+    reporter = RequestAt(lambda: newest_run(tmp_path), (800.0, "continue"))
+    result = run_text(SUSPENDING % ("operator", ""), reporter=reporter)
+    assert result.outcome.state == "completed"
+    events = events_of(result)
+    kinds = [e["event"] for e in events]
+    assert kinds.index("suspended") < kinds.index("paused") < kinds.index("suspension_cleared") < kinds.index("continued")
+    continued = next(e for e in events if e["event"] == "continued")
+    assert continued["test_time_s"] >= 800  # held until the operator said so, long after the band was back
+
+
+def test_a_suspension_longer_than_allowed_ends_the_run_safely(run_text, fixture_slips):
+    result = run_text(SUSPENDING % ("automatic", "max_suspended_s: 60"))
+    assert result.outcome.state == "interrupted" and result.outcome.outputs_confirmed_off
+    assert "suspended longer than max_suspended_s = 60 s" in result.outcome.reason
+
+
+def test_a_suspend_band_needs_an_input_to_watch(run_text, tmp_path):
+    from stackcycler.errors import InvalidInput
+
+    bench = tmp_path / "no-load-cell.yaml"
+    bench.write_text("extends: sim\nchannels:\n  stack1:\n    pressure: null\n")
+    with pytest.raises(InvalidInput, match="suspend.pressure_MPa: the channel has no pressure input"):
+        run_text(SUSPENDING % ("automatic", ""), bench=str(bench))
