@@ -37,6 +37,7 @@ from .protocol import (CcCvStep, CcStep, CpStep, CrStep, CvStep, EisStep, EndCon
                        ProfileStep, Protocol, PulseStep, RestStep, check_profile_table, referenced_parameter)
 from .safety import SafetyEnvelope
 from .sample import Sample
+from .shorts import ShortDetector
 
 DEFAULT_TIME_BOUND_S = 24 * 3600.0
 C_RATE_TIME_BOUND_FACTOR = 2.0
@@ -250,6 +251,11 @@ class Plan:
     record_current_A: float | None
     envelope: SafetyEnvelope
     multiplicity: dict[int, int] = field(default_factory=dict)  # program index -> worst-case executions
+    layer_inputs: int = 0  # layer voltages the channel measures
+
+    def short_detection(self) -> dict[str, float]:
+        """Internal-short thresholds in force (the defaults where none is set), by limit name."""
+        return ShortDetector(self.envelope, self.layer_inputs, self.dut.nominal_capacity_Ah).thresholds()
 
     @property
     def steps(self) -> tuple[PlannedStep, ...]:
@@ -549,7 +555,8 @@ def _check_inputs(binder: _Binder, plan_steps: list[PlannedStep]) -> None:
              "temperature": any(t.sensor != "ambient" for t in channel.temperatures),
              "pressure": channel.pressure is not None}
     armed = binder.envelope.armed()
-    for what, limits in (("layer voltage", ("max_layer_voltage_V", "min_layer_voltage_V")),
+    for what, limits in (("layer voltage", ("max_layer_voltage_V", "min_layer_voltage_V", "max_layer_drop_mV",
+                                            "max_layer_noise_mV")),
                          ("temperature", ("max_temperature_degC", "min_temperature_degC")),
                          ("pressure", ("max_pressure_MPa", "min_pressure_MPa"))):
         if not wired[what] and any(name in armed for name in limits):
@@ -665,6 +672,7 @@ def bind(protocol: Protocol, protocol_path: Path, protocol_text: str, channel: C
         record_voltage_V=None if record.voltage_V is None else binder.number(record.voltage_V),
         record_current_A=None if record.current_A is None else binder.number(record.current_A),
         envelope=envelope, multiplicity=multiplicity,
+        layer_inputs=len(channel.layer_voltages.channel_numbers()) if channel.layer_voltages else 0,
     )
     if not plan.record_time_s > 0:
         binder.problem(f"record.time_s must be > 0, got {plan.record_time_s}")

@@ -67,6 +67,7 @@ def plan_to_dict(plan: Plan, bench_name: str, channel_name: str,
         "program": program,
         "safety": {**plan.envelope.armed(), "debounce_s": plan.envelope.debounce_s},
         "suspend": plan.protocol.suspend.model_dump() if plan.protocol.suspend else None,
+        "short_detection": plan.short_detection(),
         "record": {"time_s": plan.record_time_s, "voltage_V": plan.record_voltage_V,
                    "current_A": plan.record_current_A},
         "duration": {"expected_s": plan.expected_duration_s if expected_s is None else expected_s,
@@ -121,6 +122,9 @@ def plan_lines(plan: Plan, bench_name: str, channel_name: str, expected_s: float
     lines.append("safety limits (always armed, trip to outputs off): "
                  + (", ".join(f"{k} = {v:g}" for k, v in armed.items()) or "none")
                  + f"; debounce {plan.envelope.debounce_s:g} s")
+    shorts = plan.short_detection()
+    lines.append("internal-short detection (trips like a safety limit): "
+                 + (", ".join(f"{k} = {v:g}" for k, v in shorts.items()) or "off (no layer voltage inputs)"))
     suspend = plan.protocol.suspend
     if suspend is not None:
         bands = ", ".join(f"{name} {band.min if band.min is not None else '-inf'} to "

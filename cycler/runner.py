@@ -35,6 +35,7 @@ from .operation import STATUS_INTERVAL_WALL_S, ControlInbox
 from .plan import (CURRENT_END_BLANKING_S, VOLTAGE_RATE_WINDOW_S, CycleMark, EndContext, LoopEnd, LoopStart, Plan, PlannedEnd, PlannedLoop,
                    PlannedStep, RunStep)
 from .safety import SafetyMonitor
+from .shorts import ShortDetector
 from .sample import Sample
 from .store import Column, RunStore, utc_iso
 from .suspend import SuspendMonitor
@@ -147,6 +148,7 @@ class Runner:
         self.stop = stop
         self.tick_s = channel.config.tick_s
         self.safety = SafetyMonitor(plan.envelope)
+        self.shorts = ShortDetector(plan.envelope, plan.layer_inputs, plan.dut.nominal_capacity_Ah)
         self.integrator = Integrator()
         self.pc = 0  # program counter: the instruction being run
         self.step: PlannedStep | None = None
@@ -255,6 +257,7 @@ class Runner:
         test = self.integrator.test
         try:
             self.safety.check(sample, test.charge_Ah - test.discharge_Ah)
+            self.shorts.check(sample, "rest" if self._held_since is not None else step.kind)
         except SafetyTrip:
             self._record(sample, row, forced=True)
             raise
@@ -322,6 +325,7 @@ class Runner:
         self._held_since = None
         self._force_record = True
         self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S  # the output comes back on
+        self.shorts.start_step()  # the layers relaxed while held: compare only with what comes after
         if self._rate is not None:
             self._rate = _VoltageRate()  # the rest's relaxation says nothing about the step's own rate
 
@@ -450,6 +454,7 @@ class Runner:
         cycle = self.integrator.cycle
         self._event("cycle_end", cycle=self.cycle_count, charge_Ah=cycle.charge_Ah, discharge_Ah=cycle.discharge_Ah,
                     charge_Wh=cycle.charge_Wh, discharge_Wh=cycle.discharge_Wh)
+        self.shorts.end_cycle(cycle.charge_Ah, cycle.discharge_Ah, self.clock.now())
         self.cycle_count += 1
         self.integrator.start_cycle()
         return pc + 1
@@ -462,6 +467,7 @@ class Runner:
         self.step_count += 1
         self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S
         self.integrator.start_step()
+        self.shorts.start_step()
         self._rate = _VoltageRate() if any(e.quantity == "voltage_rate" for e in step.ends) else None
         self._force_record = True
         self._event("step_start", step=step.number, name=step.name, setpoint=step.setpoint(),
@@ -527,6 +533,7 @@ class Runner:
             "loop_discharge_at_start": self.loop_discharge_at_start, "loop_first_capacity": self.loop_first_capacity,
             "step_discharges": self.step_discharges, "expected_done_s": self.expected_done_s,
             "overruns": self.overruns, "held_total_s": self.held_total_s, "integrators": integrators,
+            "ce_history": list(self.shorts.ce_history),
             "last_sample": {"test_time_s": sample.test_time_s, "voltage_V": sample.voltage_V,
                             "current_A": sample.current_A, "layer_voltages_V": sample.layer_voltages_V.tolist(),
                             "temperatures_degC": sample.temperatures_degC, "pressure_MPa": sample.pressure_MPa},
@@ -551,12 +558,14 @@ class Runner:
         self.expected_done_s = checkpoint["expected_done_s"]
         self.overruns = checkpoint["overruns"]
         self.held_total_s = checkpoint.get("held_total_s", 0.0)
+        self.shorts.ce_history.extend(tuple(entry) for entry in checkpoint.get("ce_history", []))
         self.records = checkpoint["records"]
         for scope, values in checkpoint["integrators"].items():
             setattr(self.integrator, scope, Throughput(**values))
         self._force_record = True  # the first row after the gap is always written
         self._next_health_check = now_s
         self._current_ends_armed_at = now_s + CURRENT_END_BLANKING_S  # the output comes back on
+        self.shorts.start_step()
 
     def _event(self, kind: str, **fields) -> None:
         self.store.event(kind, self.clock.now(), self.clock.unix_time(), **fields)

@@ -36,6 +36,13 @@ class SafetyLimits(BaseModel):
     min_pressure_MPa: float | None = None
     max_test_charge_Ah: float | None = Field(
         None, gt=0, description="net charge into the DUT since the test started (charge - discharge)")
+    # internal-short detection (see shorts.py for what they mean and their defaults)
+    max_layer_drop_mV: float | None = Field(
+        None, gt=0, description="a layer's voltage falling this far during a charge step at a steady current")
+    max_layer_noise_mV: float | None = Field(
+        None, gt=0, description="RMS second difference of a layer's voltage during a charge step")
+    max_ce_drop_pct: float | None = Field(
+        None, gt=0, description="a cycle's coulombic efficiency this many points below the previous cycles'")
     debounce_s: float | None = Field(None, ge=0, description="how long a limit must be exceeded before it trips")
 
     @model_validator(mode="after")
@@ -62,6 +69,9 @@ class SafetyEnvelope:
     max_pressure_MPa: float | None = None
     min_pressure_MPa: float | None = None
     max_test_charge_Ah: float | None = None
+    max_layer_drop_mV: float | None = None
+    max_layer_noise_mV: float | None = None
+    max_ce_drop_pct: float | None = None
     debounce_s: float = 0.0
 
     @classmethod
