@@ -23,7 +23,8 @@ from .export import dump_protocol, to_pybamm
 from .planview import plan_lines, plan_to_dict
 from .protocol import Loop
 from .runner import StopRequest
-from .session import RunRequest, check_against_instruments, dry_run, execute, prepare, resume, stop_on_signals
+from .session import (RunRequest, check_against_instruments, dry_run, execute, execute_together, prepare, resume,
+                      stop_on_signals)
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,9 +74,10 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="NAME=VAL
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("protocol")
+@click.argument("protocols", nargs=-1, required=True, metavar="PROTOCOL | CHANNEL=PROTOCOL...")
 @bench_option
-@channel_option
+@click.option("--channel", "channels", multiple=True,
+              help="Channel of the bench (default: its first); repeat it, or say 'all', to run several at once.")
 @click.option("--speed", default=None, metavar="max|N",
               help="Simulated benches only: 'max' (default) runs as fast as possible, 1 in real time, N times faster.")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
@@ -83,31 +85,70 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="NAME=VAL
 @click.option("--operator", default=None, help="Who runs the test (default: your user name).")
 @click.option("--dut-id", default=None, help="Identifier of the DUT on the channel (default: from the bench).")
 @set_option
-def run(protocol, bench, channel, speed, runs_dir, operator, dut_id, overrides):
+def run(protocols, bench, channels, speed, runs_dir, operator, dut_id, overrides):
     """Run PROTOCOL (a built-in name or a file) on a bench.
 
-    Prints live progress, then the run folder and a one-line result."""
-    request = RunRequest(protocol=protocol, bench=bench, channel=channel,
-                         speed=_speed(speed) if speed is not None else None,
-                         runs_dir=runs_dir, dut_id=dut_id, overrides=_overrides(overrides))
-    if operator:
-        request.operator = operator
+    Several channels run at once, each with its own run folder and safety: the same protocol
+    with `--channel a --channel b` (or `--channel all`), or one protocol per channel as
+    `a=capacity-check b=hppc`. Prints live progress, then each run folder and a one-line result."""
     try:
-        prepared = prepare(request)
-        reporter = _reporter(f"{prepared.plan.protocol.name} on {prepared.bench.config.name}/{prepared.channel_name}")
+        assignments = _channel_assignments(protocols, channels, bench)
+        requests = []
+        for channel, protocol in assignments:
+            request = RunRequest(protocol=protocol, bench=bench, channel=channel,
+                                 speed=_speed(speed) if speed is not None else None,
+                                 runs_dir=runs_dir, dut_id=dut_id, overrides=_overrides(overrides))
+            if operator:
+                request.operator = operator
+            requests.append(request)
+        if len(requests) > 1 and dut_id:
+            raise InvalidInput("--dut-id names the DUT of one channel; give each channel's DUT in the bench file")
+        prepared = [prepare(request) for request in requests]
         stop = StopRequest()
+        if len(prepared) == 1:
+            only = prepared[0]
+            reporter = _reporter(f"{only.plan.protocol.name} on {only.bench.config.name}/{only.channel_name}")
+            with stop_on_signals(stop):
+                result = execute(only, reporter, stop)
+            _report(result)
+            return
+        print(f"stackcycler {__version__}: " + ", ".join(f"{p.plan.protocol.name} on {p.channel_name}" for p in prepared),
+              flush=True)
+        reporters = [PlainReporter(prefix=f"[{p.channel_name}] ") for p in prepared]
         with stop_on_signals(stop):
-            result = execute(prepared, reporter, stop)
+            results = execute_together(prepared, reporters, stop)
     except StackcyclerError as error:
         _fail(error)
         return
     except KeyboardInterrupt:  # before the runner took over: instruments were being connected
         errors.print("[bold red]INTERRUPTED[/bold red] while connecting the bench; outputs were left off")
         sys.exit(int(ExitCode.INTERRUPTED))
-    _report(result)
+    for channel_result in results:
+        console.print(f"[{channel_result.outcome.folder.name}]", markup=False)
+        _report(channel_result, leave=False)
+    # the most serious ending decides: a trip on any channel is what a script must see first
+    sys.exit(int(max((r.outcome.exit_code for r in results), key=SEVERITY.index)))
 
 
-def _report(result) -> None:
+SEVERITY = [ExitCode.COMPLETED, ExitCode.INTERRUPTED, ExitCode.INVALID_INPUT, ExitCode.SOFTWARE_ERROR,
+            ExitCode.STORAGE_FAILURE, ExitCode.INSTRUMENT_FAULT, ExitCode.SAFETY_TRIP]
+
+
+def _channel_assignments(protocols: tuple[str, ...], channels: tuple[str, ...], bench: str) -> list[tuple]:
+    """[(channel or None, protocol)] from `P --channel a --channel b`, `P --channel all` or `a=P b=Q`."""
+    pairs = [text.partition("=") for text in protocols]
+    if all(sep for _, sep, _ in pairs):
+        if channels:
+            raise InvalidInput("give channels either as CHANNEL=PROTOCOL or with --channel, not both")
+        return [(channel, protocol) for channel, _, protocol in pairs]
+    if len(protocols) != 1 or any(sep for _, sep, _ in pairs):
+        raise InvalidInput("give one PROTOCOL (with --channel for the channels), or CHANNEL=PROTOCOL for each channel")
+    if channels == ("all",):
+        channels = tuple(load_bench(bench).config.channels)
+    return [(channel, protocols[0]) for channel in channels] or [(None, protocols[0])]
+
+
+def _report(result, leave: bool = True) -> None:
     """The end of a run or a resume, for the technician and the script: folder, result, exit code."""
     outcome = result.outcome
     console.print(f"run folder: {outcome.folder}", markup=False)
@@ -121,7 +162,8 @@ def _report(result) -> None:
         errors.print("outputs: " + ("off (confirmed)" if outcome.outputs_confirmed_off
                                     else "[bold red]NOT CONFIRMED OFF: check the bench now[/bold red]"))
         console.print(f"data up to the stop: {result.summary_line}", markup=False)
-    sys.exit(int(outcome.exit_code))
+    if leave:
+        sys.exit(int(outcome.exit_code))
 
 
 def _reporter(title: str):

@@ -65,14 +65,15 @@ def status_line(status: RunStatus) -> str:
 class PlainReporter:
     """Timestamped lines for logs: every step start, then every PLAIN_INTERVAL_S of wall time."""
 
-    def __init__(self, stream: TextIO | None = None, interval_s: float = PLAIN_INTERVAL_S):
+    def __init__(self, stream: TextIO | None = None, interval_s: float = PLAIN_INTERVAL_S, prefix: str = ""):
         self.stream = stream  # None: whatever sys.stdout is when a line is printed
         self.interval_s = interval_s
+        self.prefix = prefix  # e.g. the channel's name, when several run at once
         self._last = 0.0
 
     def _print(self, text: str) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        print(f"{stamp} {text}", file=self.stream or sys.stdout, flush=True)
+        print(f"{stamp} {self.prefix}{text}", file=self.stream or sys.stdout, flush=True)
 
     def step_started(self, status: RunStatus) -> None:
         self._print(f"start step {status.step_count}/{status.steps_total} {status.step.name}: "

@@ -173,6 +173,9 @@ class Runner:
         self._resumed = False
         self._last_sample: Sample | None = None
         self._current_ends_armed_at = 0.0  # test time from which current-based ends may fire
+        self.next_tick_s = 0.0
+        self.outcome: RunOutcome | None = None
+        self.finished_at_s = 0.0  # test time the run ended
         # Holding: output off, step clock stopped, ends not evaluated, safety and recording going on.
         self.holds: dict[str, str] = {}  # who holds the step ("operator", a suspend condition) -> why
         self._hold_started: dict[str, float] = {}
@@ -186,11 +189,54 @@ class Runner:
     # --- the run as a whole ----------------------------------------------------------
 
     def run(self) -> RunOutcome:
+        """The whole run on this channel alone."""
+        self.start()
+        while self.outcome is None:
+            self.clock.sleep_until(self.next_tick_s, self.stop)
+            self.advance()
+        return self.outcome
+
+    # Several channels run in one thread by a scheduler that calls these (see scheduler.py):
+    # `start()` once, then `advance()` whenever the clock reaches `next_tick_s`, until `outcome`.
+
+    def start(self) -> None:
+        """Preflight and the protocol's first instructions; sets `outcome` if it ends already."""
+        self._guarded(self._start)
+
+    def advance(self) -> None:
+        """One tick, at (or after) `next_tick_s`; sets `outcome` when the run has ended."""
+        self._guarded(self._advance)
+
+    def _start(self) -> None:
+        self._preflight()
+        self.next_tick_s = self.clock.now()
+        if not self._resumed and not self._run_instructions(0):
+            self._complete()  # a protocol of loops and cycle marks only
+
+    def _advance(self) -> None:
+        if self.stop():
+            raise Interrupted(self.stop.reason)
+        if self._tick():
+            self._complete()
+            return
+        self.next_tick_s += self.tick_s
+        late = self.clock.now() - self.next_tick_s
+        if late > 0:  # the tick outran its period: log it, skip the missed slots, keep the grid
+            self.overruns += 1
+            if self.overruns <= MAX_OVERRUN_EVENTS:
+                self._event("tick_overrun", late_s=round(late, 4), tick_s=self.tick_s,
+                            note="logged individually up to %d times, then only counted" % MAX_OVERRUN_EVENTS)
+            self.next_tick_s += (int(late // self.tick_s) + 1) * self.tick_s
+
+    def _complete(self) -> None:
+        self.outcome = self._finish("completed", ExitCode.COMPLETED, "protocol finished", None)
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run `action`; whatever goes wrong ends the run in the safe state with its reason."""
         ending: tuple[str, dict] | None = None  # the event that says why, logged after the safe state
         try:
-            self._preflight()
-            self._execute()
-            state, code, reason = "completed", ExitCode.COMPLETED, "protocol finished"
+            action()
+            return
         except SafetyTrip as trip:
             state, code, reason = "tripped", trip.exit_code, str(trip)
             ending = ("safety_trip", dict(limit=trip.limit, where=trip.where, value=trip.value,
@@ -210,7 +256,7 @@ class Runner:
         except Exception as error:  # a bug: still reach the safe state and say what happened
             state, code, reason = "error", ExitCode.SOFTWARE_ERROR, f"{type(error).__name__}: {error}"
             ending = ("software_error", dict(message=reason, traceback=traceback.format_exc()))
-        return self._finish(state, code, reason, ending)
+        self.outcome = self._finish(state, code, reason, ending)
 
     def _preflight(self) -> None:
         """Configure meters and instrument protection, and work out every step's control,
@@ -222,25 +268,6 @@ class Runner:
         problems = rating_problems(self.plan.steps, self._controls, supply.ratings)
         if problems:
             raise InvalidInput("\n".join(f"{self.plan.protocol_path}: {p}" for p in problems))
-
-    def _execute(self) -> None:
-        if not self._resumed and not self._run_instructions(0):
-            return  # a protocol of loops and cycle marks only
-        next_tick = self.clock.now()
-        while True:
-            self.clock.sleep_until(next_tick, self.stop)
-            if self.stop():
-                raise Interrupted(self.stop.reason)
-            if self._tick():
-                return
-            next_tick += self.tick_s
-            late = self.clock.now() - next_tick
-            if late > 0:  # the tick outran its period: log it, skip the missed slots, keep the grid
-                self.overruns += 1
-                if self.overruns <= MAX_OVERRUN_EVENTS:
-                    self._event("tick_overrun", late_s=round(late, 4), tick_s=self.tick_s,
-                                note="logged individually up to %d times, then only counted" % MAX_OVERRUN_EVENTS)
-                next_tick += (int(late // self.tick_s) + 1) * self.tick_s
 
     def _tick(self) -> bool:
         """One tick; True when the protocol has finished."""
@@ -627,6 +654,7 @@ class Runner:
 
     def _finish(self, state: str, code: ExitCode, reason: str, ending: tuple[str, dict] | None) -> RunOutcome:
         self.stop.shutting_down = True
+        self.finished_at_s = self.clock.now()
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # finish the shutdown first
         try:
             problem = _retry(self.channel.safe_state, SAFE_STATE_ATTEMPTS)

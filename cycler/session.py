@@ -41,6 +41,7 @@ from .locks import InstrumentLocks
 from .plan import Plan, PlannedStep, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
 from .safety import SafetyEnvelope
+from .scheduler import SharedMeter, run_together
 from .sample import Sample
 from .store import (CHECKPOINT_FILE, METADATA_FILE, SIGN_CONVENTION, SUMMARY_FILE, RunStore, new_run_folder, read_json,
                     utc_iso)
@@ -314,21 +315,28 @@ def _note_locks(opened: OpenBench, store: RunStore) -> None:
 
 def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
     try:
-        outcome = runner.run()
+        runner.run()
     finally:
         store.close()
+    return _summarise(runner, store, opened)
+
+
+def _summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
+    """Per-cycle results and the run's ending into the run folder."""
+    outcome = runner.outcome
     summary = cycle_summary(read_samples(store.folder))
     line = result_line(summary)
+    ended_unix = opened.clock.unix_time() - opened.clock.now() + runner.finished_at_s
     try:
         summary.to_csv(store.folder / SUMMARY_FILE, index=False)
         store.update_metadata(state=outcome.state, exit_code=int(outcome.exit_code), reason=outcome.reason,
-                              ended=utc_iso(opened.clock.unix_time()), end_test_time_s=opened.clock.now(),
+                              ended=utc_iso(ended_unix), end_test_time_s=runner.finished_at_s,
                               outputs_confirmed_off=outcome.outputs_confirmed_off, result=line,
                               summary=summary.rename(columns={v: k for k, v in SUMMARY_COLUMNS.items()})
                               .to_dict(orient="records"), **outcome.details)
     except (OSError, StorageFailure):
         pass  # the outcome already says the folder could not be written; what is there stays readable
-    return RunResult(outcome, line, opened.simulation, opened.clock.now())
+    return RunResult(outcome, line, opened.simulation, runner.finished_at_s)
 
 
 def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
@@ -337,18 +345,74 @@ def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest
                         holder=f"a run of {prepared.plan.protocol.name} (starting)")
     try:
         channel = _channel(prepared, opened)
-        columns = sample_columns(channel)
-        stem = (f"{_folder_time(opened.clock.unix_time())}_{prepared.plan.protocol.name}_"
-                f"{prepared.bench.config.name}_{prepared.channel_name}")
-        store = RunStore.create(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
-                                _metadata(prepared, opened, channel, [c.name for c in columns]),
-                                prepared.protocol.text, prepared.bench.text)
-        _note_locks(opened, store)
-        snapshot = opened.simulation.snapshot if opened.simulation else None
-        runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
+        runner, store = _new_run(prepared, opened, channel, reporter, stop)
         return _run_and_summarise(runner, store, opened)
     finally:
         opened.close()
+
+
+def _new_run(prepared: PreparedRun, opened: OpenBench, channel: Channel, reporter: ProgressReporter,
+             stop: StopRequest) -> tuple[Runner, RunStore]:
+    """The run folder and the runner of a new run on `channel`."""
+    columns = sample_columns(channel)
+    stem = (f"{_folder_time(opened.clock.unix_time())}_{prepared.plan.protocol.name}_"
+            f"{prepared.bench.config.name}_{prepared.channel_name}")
+    store = RunStore.create(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
+                            _metadata(prepared, opened, channel, [c.name for c in columns]),
+                            prepared.protocol.text, prepared.bench.text)
+    _note_locks(opened, store)
+    snapshot = opened.simulation.snapshot if opened.simulation else None
+    return Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot), store
+
+
+def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
+                     stop: StopRequest | None = None) -> list[RunResult]:
+    """Several channels of one bench at once, each with its own protocol, run folder and safety."""
+    stop = stop or StopRequest()
+    _check_together(runs)
+    bench = runs[0].bench
+    instruments = set().union(*(_instrument_names(prepared) for prepared in runs))
+    opened = open_bench(bench, instruments, runs[0].request.speed,
+                        holder="runs on channels " + ", ".join(p.channel_name for p in runs) + " (starting)")
+    stores: list[RunStore] = []
+    try:
+        meter_names = sorted(set().union(*(p.channel.meter_names() for p in runs)))
+        wiring = {name: [] for name in meter_names}
+        for prepared in runs:
+            for name, inputs in _channel(prepared, opened).meter_inputs().items():
+                wiring[name] += inputs
+        shared = {name: SharedMeter(opened.drivers[name], name, wiring[name]) for name in meter_names}
+        runners = []
+        for prepared, reporter in zip(runs, reporters):
+            config = prepared.channel
+            channel = Channel(prepared.channel_name, config, opened.drivers[config.supply],
+                              {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
+                              opened.clock)
+            runner, store = _new_run(prepared, opened, channel, reporter, stop)
+            runners.append(runner)
+            stores.append(store)
+        try:
+            run_together(runners, opened.clock, stop, list(shared.values()))
+        finally:
+            for store in stores:
+                store.close()
+        return [_summarise(runner, store, opened) for runner, store in zip(runners, stores)]
+    finally:
+        opened.close()
+
+
+def _check_together(runs: list[PreparedRun]) -> None:
+    names = [p.channel_name for p in runs]
+    if len(set(names)) != len(names):
+        raise InvalidInput("a channel is named twice: " + ", ".join(names))
+    if len({p.bench.path for p in runs}) != 1 or len({p.request.speed for p in runs}) != 1:
+        raise InvalidInput("channels run together must be on one bench, at one speed")
+    supplies: dict[str, str] = {}
+    for prepared in runs:
+        other = supplies.setdefault(prepared.channel.supply, prepared.channel_name)
+        if other != prepared.channel_name:
+            raise InvalidInput(f"{prepared.bench.path}: channels '{other}' and '{prepared.channel_name}' both use "
+                               f"supply '{prepared.channel.supply}'; one output serves one channel")
 
 
 # --- resuming a run after a crash, a power cut or an interruption ------------------------------
