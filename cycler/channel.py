@@ -71,7 +71,7 @@ class Channel:
         layers = np.empty(0)
         if config.layer_voltages:
             scanned = readings[config.layer_voltages.meter]
-            layers = np.fromiter((scanned[c] for c in self.layer_channels), float, len(self.layer_channels))
+            layers = np.array([scanned[c] for c in self.layer_channels], float)
         temperatures, ambient = {}, None
         for t_input in config.temperatures:
             value = readings[t_input.meter][t_input.channel]

@@ -115,6 +115,7 @@ class RunStore:
         self.folder = folder
         self.columns = list(columns)
         self._formats = [c.format for c in self.columns]
+        self._row_format = ",".join(self._formats)  # a whole row in one formatting pass
         self.metadata = dict(metadata)
         self.rows_written = rows_written
         self._pending: list[str] = []
@@ -148,7 +149,11 @@ class RunStore:
     # --- samples ---------------------------------------------------------------------
 
     def append_sample(self, values: Sequence[Any]) -> None:
-        self._pending.append(",".join("" if v is None else fmt % v for fmt, v in zip(self._formats, values)))
+        if None in values:  # a reading that is missing: its cell is left empty
+            row = ",".join("" if v is None else fmt % v for fmt, v in zip(self._formats, values))
+        else:
+            row = self._row_format % tuple(values)
+        self._pending.append(row)
         self.rows_written += 1
 
     def flush(self, fsync: bool = False) -> None:

@@ -29,6 +29,7 @@ class KeysightDaq970a(ScpiDriver, ScanningMeter):
     def __init__(self, transport):
         super().__init__(transport)
         self._channels: list[int] = []
+        self._channel_texts: list[str] = []  # the channel fields of a READ? reply, as the DAQ writes them
 
     def connect(self) -> str:
         identity = self.identify()
@@ -56,6 +57,7 @@ class KeysightDaq970a(ScpiDriver, ScanningMeter):
                 self.write(f"CONF:TEMP TC,{tc_type},{format_channel_list(channels)}")
                 self.write(f"SENS:TEMP:TRAN:TC:RJUN:TYPE INT,{format_channel_list(channels)}")
             self._channels = sorted(item.channel for item in inputs)
+            self._channel_texts = [str(channel) for channel in self._channels]
             self.write(f"ROUT:SCAN {format_channel_list(self._channels)}")
             self.write("FORM:READ:CHAN ON")
             self.write("TRIG:COUN 1")
@@ -70,15 +72,25 @@ class KeysightDaq970a(ScpiDriver, ScanningMeter):
         if len(fields) != 2 * len(self._channels):
             raise InstrumentError(f"{self.resource}: READ? gave {len(fields)} fields, "
                                   f"expected a value and a channel for each of {len(self._channels)} channels")
-        readings: dict[int, float] = {}
-        for value_text, channel_text in zip(fields[0::2], fields[1::2]):
-            try:
-                value, channel = float(value_text), int(channel_text)
-            except ValueError:
-                raise InstrumentError(f"{self.resource}: READ? answered {reply!r}; "
-                                      f"'{value_text},{channel_text}' is not a reading and a channel") from None
-            readings[channel] = math.nan if abs(value) >= OVERLOAD_THRESHOLD else value
-        if sorted(readings) != self._channels:
-            raise InstrumentError(f"{self.resource}: READ? returned channels {sorted(readings)}, "
+        value_texts, channel_texts = fields[0::2], fields[1::2]
+        try:
+            values = [float(text) for text in value_texts]
+            # The usual reply names the channels exactly as we listed them: nothing to convert.
+            channels = self._channels if channel_texts == self._channel_texts else [int(t) for t in channel_texts]
+        except ValueError:
+            value_text, channel_text = next(pair for pair in zip(value_texts, channel_texts) if not _is_reading(*pair))
+            raise InstrumentError(f"{self.resource}: READ? answered {reply!r}; "
+                                  f"'{value_text},{channel_text}' is not a reading and a channel") from None
+        if channels is not self._channels and sorted(set(channels)) != self._channels:
+            raise InstrumentError(f"{self.resource}: READ? returned channels {sorted(set(channels))}, "
                                   f"expected {self._channels}")
-        return readings
+        return {channel: math.nan if abs(value) >= OVERLOAD_THRESHOLD else value
+                for channel, value in zip(channels, values)}
+
+
+def _is_reading(value_text: str, channel_text: str) -> bool:
+    try:
+        float(value_text), int(channel_text)
+    except ValueError:
+        return False
+    return True

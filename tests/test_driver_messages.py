@@ -204,6 +204,19 @@ def test_daq_scan_reads_value_channel_pairs_and_turns_overload_into_nan():
     transport.done()
 
 
+def test_daq_scan_reads_channel_fields_written_another_way():
+    daq, transport = configured_daq(("READ?", "+3.7E+00,+101,+3.6E+00,102,+2.5E+01,204,+1.0E-02,206"))
+    assert daq.scan() == {101: 3.7, 102: 3.6, 204: 25.0, 206: 0.01}
+    transport.done()
+
+
+def test_daq_scan_names_the_reply_and_the_field_of_a_garbled_reading():
+    daq, _ = configured_daq(("READ?", "+3.7E+00,101,OVLD,102,+2.5E+01,204,+1.0E-02,206"))
+    with pytest.raises(InstrumentError, match=r"READ\? answered '\+3\.7E\+00,101,OVLD,102,.*'; "
+                                              r"'OVLD,102' is not a reading and a channel"):
+        daq.scan()
+
+
 def test_daq_scan_refuses_readings_from_the_wrong_channels():
     daq, _ = configured_daq(("READ?", "+3.7E+00,101,+3.7E+00,103,+2.5E+01,204,+1.0E-02,206"))
     with pytest.raises(InstrumentError, match=r"returned channels \[101, 103, 204, 206\], expected \[101, 102, 204, 206\]"):

@@ -276,6 +276,26 @@ def test_sync_asks_the_sources_for_their_current_at_least_once_per_max_step():
     assert source.asked >= math.ceil(10.5 / MAX_STEP_S)
 
 
+def test_sync_with_neither_time_nor_settings_changed_leaves_the_settled_current_alone():
+    source = ConstantCurrent(1.5)
+    world, _ = world_with(source)
+    world.sync()
+    asked = source.asked
+    world.sync()
+    assert source.asked == asked and world.stack.current_A == 1.5
+
+
+def test_sync_settles_the_current_again_after_a_setting_changed_at_the_same_instant():
+    source = ConstantCurrent(1.5)
+    world, _ = world_with(source)
+    world.sync()
+    source.current_A = 0.5
+    world.settings_changed()
+    world.sync()
+    assert world.stack.current_A == 0.5
+    assert world.stack.charged_Ah == 0.0
+
+
 def test_the_currents_of_all_connected_sources_add():
     world, clock = world_with(ConstantCurrent(1.5))
     world.connect(ConstantCurrent(-0.5))
@@ -329,6 +349,16 @@ def test_psb_with_voltage_above_the_stack_sources_exactly_the_current_limit():
     assert psb.handle("MEAS:CURR?") == "2.000A"
     assert world.stack.current_A == 2.0
     assert world.stack.charged_Ah == pytest.approx(2.0 * 90.0 / 3600.0, rel=1e-12)
+
+
+def test_psb_a_setting_sent_at_the_same_instant_drives_the_current_at_once():
+    psb, world, clock = psb_bench()
+    send(psb, "VOLT 100", "CURR 2", "OUTP ON")
+    clock.sleep_until(10.0)
+    assert psb.handle("MEAS:CURR?") == "2.000A"
+    send(psb, "CURR 0.5")  # no time passes
+    assert psb.handle("MEAS:CURR?") == "0.500A"
+    assert world.stack.current_A == 0.5
 
 
 def test_psb_with_voltage_below_the_stack_sinks_the_sink_current_limit():
@@ -493,6 +523,32 @@ def test_daq_dc_voltage_channels_read_their_layers_voltage():
     assert daq.handle("READ?") == ",".join(nr3(layer_V[i]) for i in (0, 1, 22))
 
 
+def test_daq_a_range_changed_between_scans_applies_to_the_next_scan():
+    daq, world = daq_bench()
+    daq.handle("CONF:VOLT:DC 10,(@101)")
+    assert daq.handle("READ?") == nr3(world.stack.layer_voltages_V()[0])
+    daq.handle("CONF:VOLT:DC 1,(@101)")  # a layer near 3 V overloads the 1 V range
+    assert daq.handle("READ?") == OVERLOAD
+
+
+def test_daq_trigger_count_repeats_the_scan_in_one_reply():
+    daq, world = daq_bench()
+    daq.handle("CONF:VOLT:DC 10,(@101,206)")
+    daq.handle("TRIG:COUN 3")
+    one_scan = [nr3(world.stack.layer_voltages_V()[0]), nr3(FIXTURE.output_V(world.stack.pressure_MPa()))]
+    assert daq.handle("READ?") == ",".join(one_scan * 3)
+
+
+def test_daq_noise_is_one_draw_per_channel_in_scan_order_from_its_seeded_generator():
+    daq, world = daq_bench(voltage_noise_V=1e-3, temperature_noise_degC=0.1)
+    daq.handle("CONF:VOLT:DC 10,(@101,102)")
+    rng = world.noise_rng("daq")
+    rng.standard_normal(2)  # the thermocouples' fixed offsets, drawn when the DAQ was built
+    layer_V = world.stack.layer_voltages_V()
+    expected = [nr3(layer_V[i] + 1e-3 * noise) for i, noise in enumerate(rng.standard_normal(2))]
+    assert daq.handle("READ?") == ",".join(expected)
+
+
 def test_daq_configure_redefines_the_scan_list():
     daq, _ = daq_bench()
     daq.handle("CONF:VOLT:DC 10,(@101:105)")
@@ -519,7 +575,8 @@ def test_daq_route_scan_query_answers_a_definite_length_block(channels, block):
 
 def test_daq_thermocouple_channels_read_the_stack_and_the_ambient_temperature():
     daq, world = daq_bench()
-    world.stack.temperature_degC = 41.0  # a warm stack, well away from the 25 degC ambient
+    warm = world.stack.snapshot() | {"temperature_degC": 41.0}  # well away from the 25 degC ambient
+    world.stack.restore(warm)
     daq.handle("CONF:TEMP TC,K,(@204,205)")
     stack_T, ambient_T = (float(value) for value in daq.handle("READ?").split(","))
     assert stack_T == pytest.approx(41.0, abs=1.0)  # within the thermocouple's fixed offset

@@ -13,8 +13,11 @@ about half a second; not modelled yet).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..scpi import format_channel_list, parse_channel_list
@@ -73,6 +76,7 @@ class SimDaq970a(ScpiInstrument):
         self.scan_list: list[int] = []
         self.format_channel = False
         self.trigger_count = 1
+        self._scan: _Scan | None = None  # worked out at the first READ? after a change
 
     def handle(self, message: str) -> str | None:
         self.world.sync()
@@ -102,6 +106,7 @@ class SimDaq970a(ScpiInstrument):
             setup.function, setup.range_V, setup.tc_type = function, range_V, tc_type
         self.scan_list = channels
         self.format_channel = False
+        self._scan = None
 
     @scpi("CONFigure:VOLTage[:DC]", nargs=(1, 3))
     def _conf_volt(self, args):
@@ -127,6 +132,7 @@ class SimDaq970a(ScpiInstrument):
     @scpi("ROUTe:SCAN")
     def _route_scan(self, args):
         self.scan_list = self._channels(args[0])
+        self._scan = None
 
     @scpi("ROUTe:SCAN?")
     def _route_scan_q(self, args):
@@ -140,6 +146,7 @@ class SimDaq970a(ScpiInstrument):
     @scpi("FORMat:READing:CHANnel[:STATe]")
     def _format_channel(self, args):
         self.format_channel = self.boolean(args[0])
+        self._scan = None
 
     @scpi("FORMat:READing:CHANnel[:STATe]?")
     def _format_channel_q(self, args):
@@ -166,30 +173,66 @@ class SimDaq970a(ScpiInstrument):
     def _read(self, args):
         if not self.scan_list:
             raise ScpiError(-221, "Settings conflict; empty scan list")
-        readings = []
-        for _ in range(self.trigger_count):
-            layer_V = self.world.stack.layer_voltages_V()
-            for channel in self.scan_list:
-                value = self.nr3(self._reading(channel, layer_V))
-                readings.append(f"{value},{channel}" if self.format_channel else value)
-        return ",".join(readings)
+        if self._scan is None:
+            self._scan = self._plan_scan()
+        return ",".join(self._scan_reply(self._scan) for _ in range(self.trigger_count))
 
-    def _reading(self, channel: int, layer_V) -> float:
-        """What the DMM reads on `channel` now, from the physics (`layer_V`: layer voltages now)."""
-        setup = self._setup.get(channel) or _ChannelSetup()
+    def _plan_scan(self) -> _Scan:
+        """What each channel of the scan list reads, worked out once per configuration."""
+        layers, config = self.world.stack.layers, self.config
+        load_cell, stack_tc, ambient_tc, unwired, open_tc = range(layers, layers + 5)  # see _scan_reply
+        source, offset, noise, limit = [], [], [], []
+        for channel in self.scan_list:
+            setup = self._setup.get(channel) or _ChannelSetup()
+            if setup.function == "TEMP":
+                where = config.thermocouples.get(channel)
+                if where is None:
+                    source.append(open_tc)
+                    offset.append(0.0)
+                    noise.append(0.0)
+                else:
+                    source.append(stack_tc if where == "stack" else ambient_tc)
+                    offset.append(self._tc_offset[channel])
+                    noise.append(config.temperature_noise_degC)
+                limit.append(math.inf)
+                continue
+            if channel in self._layer_of:
+                source.append(self._layer_of[channel])
+            elif channel == config.load_cell_channel:
+                source.append(load_cell)
+            else:
+                source.append(unwired)
+            offset.append(0.0)
+            noise.append(config.voltage_noise_V)
+            # Autorange picks the smallest range that holds the reading, so with autorange a
+            # reading overloads only beyond the top range.
+            limit.append((setup.range_V or DCV_RANGES_V[-1]) * OVERRANGE_FACTOR)
+        template = ",".join(f"%+.8E,{channel}" if self.format_channel else "%+.8E"
+                            for channel in self.scan_list)  # NR3, as nr3()
+        return _Scan(np.array(source), np.array(offset), np.array(noise), np.array(limit),
+                     reads_load_cell=load_cell in source, template=template)
+
+    def _scan_reply(self, scan: _Scan) -> str:
+        """Every channel of the scan read once, from the physics now, with one noise draw each."""
         stack = self.world.stack
-        if setup.function == "TEMP":
-            where = self.config.thermocouples.get(channel)
-            if where is None:
-                return OVERLOAD  # open thermocouple
-            temperature = stack.temperature_degC if where == "stack" else stack.params.ambient_degC
-            return temperature + self._tc_offset[channel] + self.config.temperature_noise_degC * self._rng.standard_normal()
-        if channel in self._layer_of:
-            volts = float(layer_V[self._layer_of[channel]])
-        elif channel == self.config.load_cell_channel:
-            volts = self.world.load_cell_output_V()
-        else:
-            volts = 0.0  # nothing wired: shorted input
-        volts += self.config.voltage_noise_V * self._rng.standard_normal()
-        range_V = setup.range_V or next((r for r in DCV_RANGES_V if abs(volts) <= r), DCV_RANGES_V[-1])
-        return volts if abs(volts) <= range_V * OVERRANGE_FACTOR else OVERLOAD
+        # Indexed by _Scan.source: each layer voltage, the load cell, the stack and ambient
+        # thermocouples, an unwired (shorted) input, an open thermocouple.
+        signals = np.concatenate((stack.layer_voltages_V(),
+                                  (self.world.load_cell_output_V() if scan.reads_load_cell else 0.0,
+                                   stack.temperature_degC, stack.params.ambient_degC, 0.0, OVERLOAD)))
+        readings = signals[scan.source] + scan.offset + scan.noise * self._rng.standard_normal(len(scan.source))
+        readings = np.where(np.abs(readings) <= scan.limit, readings, OVERLOAD)
+        return scan.template % tuple(readings.tolist())
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """Per channel of the scan list, in scan order: the signal it reads, the thermocouple's
+    offset, the noise's standard deviation and the overload threshold; the reply's format."""
+
+    source: np.ndarray
+    offset: np.ndarray
+    noise: np.ndarray
+    limit: np.ndarray
+    reads_load_cell: bool
+    template: str

@@ -77,6 +77,9 @@ class SimEaPsb(ScpiInstrument):
         self.world.sync()
         return super().handle(message)
 
+    def command_executed(self) -> None:
+        self.world.settings_changed()  # a setting may change: the current settles to it at the next sync
+
     _STATE = ("remote", "output_on", "alarm", "voltage_V", "source_current_A", "sink_current_A", "source_power_W",
               "sink_power_W", "ovp_V", "ocp_A", "opp_W")
 
@@ -87,6 +90,7 @@ class SimEaPsb(ScpiInstrument):
     def restore(self, state: dict) -> None:
         for name in self._STATE:
             setattr(self, name, state[name])
+        self.world.settings_changed()
 
     # --- physics: what the unit does to the DUT ----------------------------------------
 

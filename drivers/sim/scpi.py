@@ -107,8 +107,13 @@ class _Handler:
     method_name: str
 
 
+_GROUPING = frozenset("\"'()")
+
+
 def split_outside(text: str, separator: str) -> list[str]:
     """Split on `separator` except inside quotes or parentheses."""
+    if _GROUPING.isdisjoint(text):
+        return text.split(separator)  # the usual message: nothing to step over
     parts, depth, quote, start = [], 0, None, 0
     for i, c in enumerate(text):
         if quote:
@@ -153,7 +158,7 @@ class ScpiInstrument:
     def __init__(self) -> None:
         self._errors: deque[tuple[int, str]] = deque()
         self._esr = 0
-        self._lookup_cache: dict[tuple[str, bool], _Handler | None] = {}
+        self._resolved: dict[tuple[str, tuple[str, ...]], tuple[_Handler | None, tuple[str, ...], bool]] = {}
 
     # --- error queue -------------------------------------------------------------------
 
@@ -186,34 +191,24 @@ class ScpiInstrument:
     def handle(self, message: str) -> str | None:
         """Execute one program message; return the reply (queries joined by ';') or None."""
         replies: list[str] = []
-        path: list[str] = []
+        path: tuple[str, ...] = ()
         for unit in split_outside(message.strip(), ";"):
             unit = unit.strip()
             if not unit:
                 continue
             header, _, arg_text = unit.partition(" ")
-            header = header.strip()
-            is_query = header.endswith("?")
-            if is_query:
-                header = header[:-1]
-            if header.startswith("*"):
-                tokens = [header.upper()]
-            elif header.startswith(":"):
-                tokens = header[1:].split(":")
-            else:
-                tokens = path + header.split(":")
             try:
-                if not all(tokens):
-                    raise ScpiError(-102)
-                if not header.startswith("*"):
-                    path = tokens[:-1]
-                handler = self._lookup(tokens, is_query)
+                handler, path, is_query = self._resolve(header.strip(), path)
+                if handler is None:
+                    raise ScpiError(-113)
                 args = [a.strip() for a in split_outside(arg_text, ",")] if arg_text.strip() else []
                 fewest, most = handler.nargs
                 if len(args) < fewest:
                     raise ScpiError(-109)
                 if len(args) > most:
                     raise ScpiError(-108)
+                if not is_query:
+                    self.command_executed()
                 reply = getattr(self, handler.method_name)(args)
             except ScpiError as error:
                 self.push_error(error.code, error.message)
@@ -222,15 +217,34 @@ class ScpiInstrument:
                 replies.append(str(reply))
         return ";".join(replies) if replies else None
 
-    def _lookup(self, tokens: list[str], is_query: bool) -> _Handler:
-        key = (":".join(tokens).upper(), is_query)
-        if key not in self._lookup_cache:
-            found = [h for h in self._handlers if h.is_query == is_query and _matches(h.nodes, tokens)]
-            self._lookup_cache[key] = found[0] if found else None
-        handler = self._lookup_cache[key]
-        if handler is None:
-            raise ScpiError(-113)
-        return handler
+    def command_executed(self) -> None:
+        """Called before each command (not query) runs; a simulator whose settings drive the
+        physics tells its world here."""
+
+    def _resolve(self, header: str, path: tuple[str, ...]) -> tuple[_Handler | None, tuple[str, ...], bool]:
+        """(the handler or None if there is none, the path for a following command, is it a query)
+        for a header after `path`; remembered, since a driver sends the same few headers over and over."""
+        key = (header, path)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve_header(header, path)
+        return self._resolved[key]
+
+    def _resolve_header(self, header: str, path: tuple[str, ...]) -> tuple[_Handler | None, tuple[str, ...], bool]:
+        is_query = header.endswith("?")
+        if is_query:
+            header = header[:-1]
+        if header.startswith("*"):
+            tokens = (header.upper(),)
+        elif header.startswith(":"):
+            tokens = tuple(header[1:].split(":"))
+        else:
+            tokens = path + tuple(header.split(":"))
+        if not all(tokens):
+            raise ScpiError(-102)
+        if not header.startswith("*"):
+            path = tokens[:-1]  # a following command without a leading ':' continues from here
+        found = [h for h in self._handlers if h.is_query == is_query and _matches(h.nodes, list(tokens))]
+        return (found[0] if found else None), path, is_query
 
     # --- parameter parsing -------------------------------------------------------------
 

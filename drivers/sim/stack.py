@@ -75,7 +75,14 @@ class StackParameters(BaseModel):
 
 
 class StackModel:
-    """State and dynamics of the stack. `advance(current_A, dt_s)` is the only thing that moves it."""
+    """State and dynamics of the stack. `advance(current_A, dt_s)` is the only thing that moves it.
+
+    The quantities that follow from the state alone (each layer's OCV, the resistances at the
+    present temperature, the Thevenin source) are worked out once each time the state moves
+    (`advance` over an interval, `restore`), not on every instrument reply that reads them:
+    between two ticks the instruments ask for them several times and the state has not changed.
+    So the state is set through those two only, never by assigning its attributes.
+    """
 
     def __init__(self, params: StackParameters, seed: int = 1):
         self.params = params
@@ -99,6 +106,16 @@ class StackModel:
         self.discharged_Ah = 0.0
         self.charged_Wh = 0.0
         self.discharged_Wh = 0.0
+        self._state_moved()
+
+    def _state_moved(self) -> None:
+        """Work out what follows from the state alone; called whenever the state has moved."""
+        arrhenius = self._arrhenius()
+        self._layer_r0_ohm = self.r0_ref_ohm * arrhenius
+        self._layer_r1_ohm = self.r1_ref_ohm * arrhenius
+        self._layer_emf_V = self.layer_ocv_V() + self.v_rc  # each layer's Thevenin source
+        self._emf_V = float(self._layer_emf_V.sum())
+        self._resistance_ohm = float(self._layer_r0_ohm.sum()) + self.params.interconnect_ohm
 
     @property
     def layers(self) -> int:
@@ -113,19 +130,18 @@ class StackModel:
         return np.interp(self.soc, OCV_SOC, OCV_V)
 
     def layer_r0_ohm(self) -> np.ndarray:
-        return self.r0_ref_ohm * self._arrhenius()
+        return self._layer_r0_ohm.copy()
 
     def thevenin(self) -> tuple[float, float]:
         """(source voltage, series resistance) of the whole stack as seen at its terminals."""
-        emf = float(np.sum(self.layer_ocv_V() + self.v_rc))
-        resistance = float(np.sum(self.layer_r0_ohm())) + self.params.interconnect_ohm
-        return emf, resistance
+        return self._emf_V, self._resistance_ohm
 
     def layer_voltages_V(self) -> np.ndarray:
-        return self.layer_ocv_V() + self.v_rc + self.current_A * self.layer_r0_ohm()
+        return self._layer_emf_V + self.current_A * self._layer_r0_ohm
 
     def terminal_voltage_V(self) -> float:
-        return float(np.sum(self.layer_voltages_V())) + self.current_A * self.params.interconnect_ohm
+        # The sum of the layer voltages plus the interconnect drop, taken through the Thevenin sums.
+        return self._emf_V + self.current_A * self._resistance_ohm
 
     _STATE = ("capacity_Ah", "r0_ref_ohm", "soc", "v_rc", "temperature_degC", "current_A",
               "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh")
@@ -139,6 +155,7 @@ class StackModel:
         for name in self._STATE:
             value = state[name]
             setattr(self, name, np.asarray(value, float) if isinstance(value, list) else value)
+        self._state_moved()
 
     @property
     def equivalent_full_cycles(self) -> float:
@@ -151,22 +168,21 @@ class StackModel:
 
     def pressure_MPa(self) -> float:
         p = self.params
-        return (p.preload_MPa + p.swelling_MPa_per_soc * float(np.mean(self.soc))
+        mean_soc = float(self.soc.sum()) / p.layers
+        return (p.preload_MPa + p.swelling_MPa_per_soc * mean_soc
                 + p.thermal_pressure_MPa_per_K * (self.temperature_degC - p.ambient_degC))
 
     def advance(self, current_A: float, dt_s: float) -> None:
         """Carry `current_A` (constant, + = charge) for `dt_s` seconds."""
+        self.current_A = current_A
         if dt_s <= 0:
-            self.current_A = current_A
             return
         p = self.params
-        self.current_A = current_A
-        terminal_V = self.terminal_voltage_V()
-        arrhenius = self._arrhenius()
-        r0 = self.r0_ref_ohm * arrhenius
-        r1 = self.r1_ref_ohm * arrhenius
+        emf_V, resistance_ohm = self.thevenin()
+        terminal_V = emf_V + current_A * resistance_ohm
+        r1 = self._layer_r1_ohm
         # Heat from the ohmic drop and the polarisation of the RC branch.
-        heat_W = current_A**2 * (float(np.sum(r0)) + p.interconnect_ohm) + float(np.sum(self.v_rc**2 / r1))
+        heat_W = current_A**2 * resistance_ohm + float((self.v_rc**2 / r1).sum())
 
         stored_Ah = current_A * dt_s / 3600.0
         if current_A > 0:
@@ -185,3 +201,4 @@ class StackModel:
         tau_th = p.heat_capacity_J_per_K * p.thermal_resistance_K_per_W
         t_steady = p.ambient_degC + heat_W * p.thermal_resistance_K_per_W
         self.temperature_degC = t_steady + (self.temperature_degC - t_steady) * math.exp(-dt_s / tau_th)
+        self._state_moved()

@@ -3,6 +3,10 @@
 Physics is integrated lazily: every simulated instrument calls `sync()` before it reads or
 changes anything, so the stack has carried the old setpoints up to this moment and the reply
 is computed from the state at this moment. Between ticks nothing runs.
+
+An instrument that drives the terminals calls `settings_changed()` when it executes a command;
+the next `sync()` then settles the current to the new settings. When neither the time nor any
+setting has changed since the last sync, the current is already settled and sync does nothing.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ class SimWorld:
         self.seed = seed
         self._t = clock.now()
         self._sources: list[TerminalSource] = []
+        self._settled = False  # the stack carries the current the sources drive at its present state
 
     def set_time(self, t: float) -> None:
         """The stack's state is that of time `t` (after restoring a snapshot)."""
         self._t = t
+        self._settled = False
 
     def connect(self, source: TerminalSource) -> None:
         self._sources.append(source)
+        self._settled = False
+
+    def settings_changed(self) -> None:
+        """A source's settings may have changed: the next sync settles the current again."""
+        self._settled = False
 
     def noise_rng(self, instrument_name: str) -> np.random.Generator:
         """A measurement-noise generator per instrument, reproducible from the world seed."""
@@ -68,6 +79,9 @@ class SimWorld:
             for _ in range(steps):
                 self.stack.advance(self._present_current(), h)
             self._t = now
+        elif self._settled:
+            return  # same time, same settings, same state: the settled current still holds
         # Instruments regulate in milliseconds, far below a tick: the current follows a
         # setpoint change at once.
         self.stack.advance(self._present_current(), 0.0)
+        self._settled = True
