@@ -39,9 +39,15 @@ SUMMARY_COLUMNS = {
 }
 
 
-def read_samples(folder: Path) -> pd.DataFrame:
-    """The samples of a run folder; a torn last line (the writer was killed mid-row) is dropped."""
-    frame = pd.read_csv(folder / SAMPLES_FILE, on_bad_lines="skip", low_memory=False)
+# What cycle_summary reads: a million-row run summarised without loading its layer columns.
+SUMMARY_INPUTS = (CYCLE, TIME, "Voltage / V", "Current / A", *CUMULATIVE.values())
+
+
+def read_samples(folder: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The samples of a run folder (only `columns`, if given); a torn last line (the writer was
+    killed mid-row) is dropped."""
+    wanted = None if columns is None else (lambda name: name in columns)
+    frame = pd.read_csv(folder / SAMPLES_FILE, on_bad_lines="skip", low_memory=False, usecols=wanted)
     return frame.dropna(subset=[TIME, "Voltage / V", "Current / A"]) if len(frame) else frame
 
 

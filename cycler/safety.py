@@ -106,41 +106,48 @@ class SafetyMonitor:
     def __init__(self, envelope: SafetyEnvelope):
         self.envelope = envelope
         self._since: dict[str, float] = {}
+        e = envelope
+        # worked out once: the bounds of each quantity, +-inf where no limit is set
+        self._layer_low = -np.inf if e.min_layer_voltage_V is None else e.min_layer_voltage_V
+        self._layer_high = np.inf if e.max_layer_voltage_V is None else e.max_layer_voltage_V
+        self._layers_armed = e.max_layer_voltage_V is not None or e.min_layer_voltage_V is not None
 
     def _violations(self, sample: Sample, net_charge_Ah: float) -> list[tuple[str, str, float, float]]:
         """(limit name, where, value, limit) for every limit the sample is outside."""
         e = self.envelope
         found: list[tuple[str, str, float, float]] = []
 
-        def check(quantity: str, where: str, value: float) -> None:
-            limits = {"max": getattr(e, f"max_{quantity}"), "min": getattr(e, f"min_{quantity}")}
-            side = _crossed(value, limits["min"], limits["max"])
+        def check(quantity: str, where: str, value: float, low: float | None, high: float | None) -> None:
+            side = _crossed(value, low, high)
             if side is not None:
-                found.append((f"{side}_{quantity}", where, value, limits[side]))
+                found.append((f"{side}_{quantity}", where, value, high if side == "max" else low))
 
-        check("voltage_V", "stack", sample.voltage_V)
+        check("voltage_V", "stack", sample.voltage_V, e.min_voltage_V, e.max_voltage_V)
         if e.max_charge_current_A is not None and not sample.current_A <= e.max_charge_current_A:
             found.append(("max_charge_current_A", "stack", sample.current_A, e.max_charge_current_A))
         if e.max_discharge_current_A is not None and not -sample.current_A <= e.max_discharge_current_A:
             found.append(("max_discharge_current_A", "stack", sample.current_A, -e.max_discharge_current_A))
         layers = sample.layer_voltages_V
-        if layers.size and (e.max_layer_voltage_V is not None or e.min_layer_voltage_V is not None):
-            high = np.inf if e.max_layer_voltage_V is None else e.max_layer_voltage_V
-            low = -np.inf if e.min_layer_voltage_V is None else e.min_layer_voltage_V
-            for index in np.flatnonzero(~((layers >= low) & (layers <= high))):  # NaN fails both
-                check("layer_voltage_V", f"layer {index + 1:02d}", float(layers[index]))
+        # min() and max() see NaN (an unreadable layer): it makes the comparison fail, as it should
+        if self._layers_armed and layers.size and not (layers.min() >= self._layer_low
+                                                       and layers.max() <= self._layer_high):
+            for index in np.flatnonzero(~((layers >= self._layer_low) & (layers <= self._layer_high))):
+                check("layer_voltage_V", f"layer {index + 1:02d}", float(layers[index]),
+                      e.min_layer_voltage_V, e.max_layer_voltage_V)
         for sensor, value in sample.temperatures_degC.items():
-            check("temperature_degC", sensor, value)
+            check("temperature_degC", sensor, value, e.min_temperature_degC, e.max_temperature_degC)
         if sample.pressure_MPa is not None:
-            check("pressure_MPa", "stack", sample.pressure_MPa)
+            check("pressure_MPa", "stack", sample.pressure_MPa, e.min_pressure_MPa, e.max_pressure_MPa)
         if e.max_test_charge_Ah is not None and net_charge_Ah > e.max_test_charge_Ah:
             found.append(("max_test_charge_Ah", "stack", net_charge_Ah, e.max_test_charge_Ah))
         return found
 
     def check(self, sample: Sample, net_charge_Ah: float = 0.0) -> None:
         """Raise SafetyTrip if a limit has held past the debounce. `net_charge_Ah`: charge - discharge so far."""
-        now = sample.test_time_s
         violations = self._violations(sample, net_charge_Ah)
+        if not violations and not self._since:
+            return  # the usual tick
+        now = sample.test_time_s
         active = set()
         for name, where, value, limit in violations:
             key = f"{name}@{where}"

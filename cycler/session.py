@@ -30,7 +30,7 @@ from stackcycler.drivers.sim.simulation import Simulation, build_simulation
 from stackcycler.drivers.transport import open_transport
 from stackcycler.protocols import ProtocolFile, load_protocol
 
-from .analysis import SUMMARY_COLUMNS, cycle_summary, read_samples, result_line
+from .analysis import SUMMARY_COLUMNS, SUMMARY_INPUTS, cycle_summary, read_samples, result_line
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
@@ -324,7 +324,7 @@ def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> Ru
 def _summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
     """Per-cycle results and the run's ending into the run folder."""
     outcome = runner.outcome
-    summary = cycle_summary(read_samples(store.folder))
+    summary = cycle_summary(read_samples(store.folder, SUMMARY_INPUTS))
     line = result_line(summary)
     ended_unix = opened.clock.unix_time() - opened.clock.now() + runner.finished_at_s
     try:

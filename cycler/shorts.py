@@ -14,7 +14,7 @@ fuses and reforms, long before the stack voltage shows anything. Three signs are
    2 Ah layer drains 0.4 A, which turns a C/3 charge into a fall within seconds.
 2. A layer's voltage is noisy during a charge step: its noise, estimated from its second
    differences (which cancel the steady rise) over the last NOISE_WINDOW ticks at a steady
-   current, exceeds `max_layer_noise_mV`. The estimate is the median absolute second difference
+   current (judged every NOISE_CHECK_EVERY ticks), exceeds `max_layer_noise_mV`. The estimate is the median absolute second difference
    scaled to a standard deviation (/ 0.6745 / sqrt 6 for Gaussian noise), so a single glitch does
    not count: more than half the window must be noisy. Default 1 mV: a DAQ970A on its 10 V range
    reads with about 0.02 mV of noise.
@@ -44,6 +44,7 @@ DEFAULT_MAX_LAYER_NOISE_MV = 1.0
 SAME_CURRENT_FRACTION = 0.02
 CONFIRM_TICKS = 3
 NOISE_WINDOW = 30
+NOISE_CHECK_EVERY = 5
 SECOND_DIFFERENCE_MAD_PER_SIGMA = 0.6745 * math.sqrt(6)  # median |V[k] - 2 V[k-1] + V[k-2]| of white noise
 CE_HISTORY = 5
 CE_MIN_COMPARABLE = 2
@@ -53,6 +54,7 @@ CHARGING_STEP_KINDS = ("cc", "cccv", "cv", "cp")  # pulses and profiles change c
 
 class ShortDetector:
     def __init__(self, envelope: SafetyEnvelope, layers: int, nominal_capacity_Ah: float | None):
+        self.layers = layers
         self.max_drop_V = _threshold(envelope.max_layer_drop_mV, DEFAULT_MAX_LAYER_DROP_MV) if layers else None
         self.max_noise_V = _threshold(envelope.max_layer_noise_mV, DEFAULT_MAX_LAYER_NOISE_MV) if layers else None
         self.max_ce_drop = None if envelope.max_ce_drop_pct is None else envelope.max_ce_drop_pct / 100.0
@@ -73,7 +75,8 @@ class ShortDetector:
         self._low_ticks: np.ndarray | None = None
         self._steady: deque[np.ndarray] = deque(maxlen=3)  # the last layer voltages at a steady current
         self._steady_bin: int | None = None
-        self._second_diffs: deque[np.ndarray] = deque(maxlen=NOISE_WINDOW)
+        self._second_diffs = np.zeros((NOISE_WINDOW, self.layers))  # a ring of the last |second differences|
+        self._filled = 0  # second differences at this steady current so far
 
     def check(self, sample: Sample, step_kind: str) -> None:
         """During charge steps, each tick; raises SafetyTrip on a layer that looks shorted."""
@@ -82,6 +85,7 @@ class ShortDetector:
                 or not np.isfinite(layers).all()):
             self._steady.clear()
             self._steady_bin = None
+            self._low_ticks = None
             return
         current_bin = round(math.log(sample.current_A) / self._bin_step)
         self._check_drop(sample, current_bin)
@@ -89,29 +93,38 @@ class ShortDetector:
 
     def _check_drop(self, sample: Sample, current_bin: int) -> None:
         layers = sample.layer_voltages_V
-        nearby = [self._highest[b] for b in (current_bin - 1, current_bin, current_bin + 1) if b in self._highest]
-        if nearby:
-            highest = np.max(nearby, axis=0)
-            low = highest - layers > self.max_drop_V
-            self._low_ticks = np.where(low, (self._low_ticks if self._low_ticks is not None else 0) + 1, 0)
-            worst = int(np.argmax(self._low_ticks))
-            if self._low_ticks[worst] >= CONFIRM_TICKS:
-                raise SafetyTrip("max_layer_drop_mV", (highest[worst] - layers[worst]) * 1e3, self.max_drop_V * 1e3,
-                                 sample.test_time_s, f"layer {worst + 1:02d} (internal short suspected)")
+        highest = None
+        for neighbour in (current_bin - 1, current_bin, current_bin + 1):
+            known = self._highest.get(neighbour)
+            if known is not None:
+                highest = known if highest is None else np.maximum(highest, known)
+        if highest is not None:
+            deficit = highest - layers
+            if deficit.max() <= self.max_drop_V:  # the usual case: nothing to count
+                self._low_ticks = None
+            else:
+                low = deficit > self.max_drop_V
+                self._low_ticks = np.where(low, (self._low_ticks if self._low_ticks is not None else 0) + 1, 0)
+                worst = int(np.argmax(self._low_ticks))
+                if self._low_ticks[worst] >= CONFIRM_TICKS:
+                    raise SafetyTrip("max_layer_drop_mV", deficit[worst] * 1e3, self.max_drop_V * 1e3,
+                                     sample.test_time_s, f"layer {worst + 1:02d} (internal short suspected)")
         known = self._highest.get(current_bin)
         self._highest[current_bin] = layers.copy() if known is None else np.maximum(known, layers)
 
     def _check_noise(self, sample: Sample, current_bin: int) -> None:
         if current_bin != self._steady_bin:
             self._steady.clear()
-            self._second_diffs.clear()
+            self._filled = 0
             self._steady_bin = current_bin
         self._steady.append(sample.layer_voltages_V)
         if len(self._steady) < 3:
             return
         a, b, c = self._steady
-        self._second_diffs.append(np.abs(c - 2 * b + a))
-        if len(self._second_diffs) < NOISE_WINDOW:
+        self._second_diffs[self._filled % NOISE_WINDOW] = np.abs(c - 2 * b + a)
+        self._filled += 1
+        # the median costs more than the rest of a tick: judged every NOISE_CHECK_EVERY ticks
+        if self._filled < NOISE_WINDOW or self._filled % NOISE_CHECK_EVERY:
             return
         noise = np.median(self._second_diffs, axis=0) / SECOND_DIFFERENCE_MAD_PER_SIGMA
         worst = int(np.argmax(noise))
