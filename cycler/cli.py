@@ -124,7 +124,6 @@ def run(protocols, bench, channels, speed, runs_dir, operator, dut_id, overrides
         errors.print("[bold red]INTERRUPTED[/bold red] while connecting the bench; outputs were left off")
         sys.exit(int(ExitCode.INTERRUPTED))
     for channel_result in results:
-        console.print(f"[{channel_result.outcome.folder.name}]", markup=False)
         _report(channel_result, leave=False)
     # the most serious ending decides: a trip on any channel is what a script must see first
     sys.exit(int(max((r.outcome.exit_code for r in results), key=SEVERITY.index)))

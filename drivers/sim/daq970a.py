@@ -32,17 +32,35 @@ CHANNELS_PER_CARD = 20  # DAQM901A: 20 two-wire voltage channels per slot
 THERMOCOUPLE_TYPES = ("B", "E", "J", "K", "N", "R", "S", "T")
 
 
-class Daq970aSimConfig(BaseModel):
+class StackWiring(BaseModel):
+    """Which DAQ channels read one stack: its layers, its thermocouples, its load cell."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    layer_channels: str = Field(description="DAQ channels wired to layers 1..N, e.g. '101:120,201:203'")
+    thermocouples: dict[int, Literal["stack", "ambient"]] = Field(default_factory=dict)
+    load_cell_channel: int | None = None
+
+    def channels(self) -> list[int]:
+        return [*parse_channel_list(self.layer_channels), *self.thermocouples,
+                *([self.load_cell_channel] if self.load_cell_channel is not None else [])]
+
+
+class Daq970aSimConfig(StackWiring):
+    """The DAQ and its wiring to the stack `stack`; `more_stacks` wires it to further stacks of a
+    multi-channel bench (one DAQ scanning several stacks)."""
 
     kind: Literal["keysight-daq970a"] = "keysight-daq970a"
     serial: str = "MY58031276"
     firmware: str = "A.02.04-00.16-11.29-00.02-02-01"
-    layer_channels: str = Field(description="DAQ channels wired to layers 1..N, e.g. '101:120,201:203'")
-    thermocouples: dict[int, Literal["stack", "ambient"]] = Field(default_factory=dict)
-    load_cell_channel: int | None = None
+    stack: str = "main"
+    more_stacks: dict[str, StackWiring] = Field(default_factory=dict)
     voltage_noise_V: float = Field(20e-6, ge=0)
     temperature_noise_degC: float = Field(0.05, ge=0)
+
+    def wiring(self) -> dict[str, StackWiring]:
+        """Stack name -> its wiring, the DAQ's own stack first."""
+        return {self.stack: self, **self.more_stacks}
 
 
 class _ChannelSetup:
@@ -55,20 +73,29 @@ class _ChannelSetup:
 
 
 class SimDaq970a(ScpiInstrument):
-    def __init__(self, world: SimWorld, name: str, config: Daq970aSimConfig):
+    def __init__(self, world: SimWorld, name: str, config: Daq970aSimConfig,
+                 more_worlds: dict[str, SimWorld] | None = None):
+        """`world`: the DAQ's own stack's; `more_worlds`: those of `config.more_stacks`, by name."""
         super().__init__()
         self.world = world
         self.config = config
         self.IDENTITY = f"Keysight Technologies,DAQ970A,{config.serial},{config.firmware}"
         self._rng = world.noise_rng(name)
-        self._layer_of = {ch: i for i, ch in enumerate(parse_channel_list(config.layer_channels))}
-        if len(self._layer_of) > world.stack.layers:
-            raise ValueError(f"{name}: layer_channels wires {len(self._layer_of)} layers; the stack has "
-                             f"{world.stack.layers}")
-        for channel in [*self._layer_of, *config.thermocouples, config.load_cell_channel]:
-            if channel is not None:
+        self._wired: list[tuple[SimWorld, StackWiring]] = [(world, config)]
+        self._wired += [((more_worlds or {})[stack], wiring) for stack, wiring in config.more_stacks.items()]
+        seen: set[int] = set()
+        for stack_world, wiring in self._wired:
+            layers = len(parse_channel_list(wiring.layer_channels))
+            if layers > stack_world.stack.layers:
+                raise ValueError(f"{name}: layer_channels wires {layers} layers; the stack has "
+                                 f"{stack_world.stack.layers}")
+            for channel in wiring.channels():
                 self._check_channel(channel)
-        self._tc_offset = {ch: 0.2 * self._rng.standard_normal() for ch in config.thermocouples}
+                if channel in seen:
+                    raise ValueError(f"{name}: channel {channel} is wired twice")
+                seen.add(channel)
+        self._tc_offset = {ch: 0.2 * self._rng.standard_normal()
+                           for _, wiring in self._wired for ch in wiring.thermocouples}
         self.reset()
 
     def reset(self) -> None:
@@ -79,7 +106,8 @@ class SimDaq970a(ScpiInstrument):
         self._scan: _Scan | None = None  # worked out at the first READ? after a change
 
     def handle(self, message: str) -> str | None:
-        self.world.sync()
+        for stack_world, _ in self._wired:
+            stack_world.sync()
         return super().handle(message)
 
     def snapshot(self) -> dict:
@@ -179,29 +207,33 @@ class SimDaq970a(ScpiInstrument):
 
     def _plan_scan(self) -> _Scan:
         """What each channel of the scan list reads, worked out once per configuration."""
-        layers, config = self.world.stack.layers, self.config
-        load_cell, stack_tc, ambient_tc, unwired, open_tc = range(layers, layers + 5)  # see _scan_reply
+        # Signals, in the order _scan_reply lays them out: per wired stack its layer voltages,
+        # load cell, stack and ambient thermocouples; then an unwired (shorted) input and an
+        # open thermocouple.
+        reads: dict[int, int] = {}  # channel -> signal index
+        thermocouple_signal: dict[int, int] = {}
+        base = 0
+        for stack_world, wiring in self._wired:
+            layers = stack_world.stack.layers
+            reads.update({ch: base + i for i, ch in enumerate(parse_channel_list(wiring.layer_channels))})
+            if wiring.load_cell_channel is not None:
+                reads[wiring.load_cell_channel] = base + layers
+            thermocouple_signal.update({ch: base + layers + (1 if where == "stack" else 2)
+                                        for ch, where in wiring.thermocouples.items()})
+            base += layers + 3
+        unwired, open_tc = base, base + 1
+        config = self.config
         source, offset, noise, limit = [], [], [], []
         for channel in self.scan_list:
             setup = self._setup.get(channel) or _ChannelSetup()
             if setup.function == "TEMP":
-                where = config.thermocouples.get(channel)
-                if where is None:
-                    source.append(open_tc)
-                    offset.append(0.0)
-                    noise.append(0.0)
-                else:
-                    source.append(stack_tc if where == "stack" else ambient_tc)
-                    offset.append(self._tc_offset[channel])
-                    noise.append(config.temperature_noise_degC)
+                signal = thermocouple_signal.get(channel)
+                source.append(open_tc if signal is None else signal)
+                offset.append(0.0 if signal is None else self._tc_offset[channel])
+                noise.append(0.0 if signal is None else config.temperature_noise_degC)
                 limit.append(math.inf)
                 continue
-            if channel in self._layer_of:
-                source.append(self._layer_of[channel])
-            elif channel == config.load_cell_channel:
-                source.append(load_cell)
-            else:
-                source.append(unwired)
+            source.append(reads.get(channel, unwired))
             offset.append(0.0)
             noise.append(config.voltage_noise_V)
             # Autorange picks the smallest range that holds the reading, so with autorange a
@@ -209,17 +241,19 @@ class SimDaq970a(ScpiInstrument):
             limit.append((setup.range_V or DCV_RANGES_V[-1]) * OVERRANGE_FACTOR)
         template = ",".join(f"%+.8E,{channel}" if self.format_channel else "%+.8E"
                             for channel in self.scan_list)  # NR3, as nr3()
+        load_cells = {reads[w.load_cell_channel] for _, w in self._wired if w.load_cell_channel is not None}
         return _Scan(np.array(source), np.array(offset), np.array(noise), np.array(limit),
-                     reads_load_cell=load_cell in source, template=template)
+                     reads_load_cell=bool(load_cells & set(source)), template=template)
 
     def _scan_reply(self, scan: _Scan) -> str:
         """Every channel of the scan read once, from the physics now, with one noise draw each."""
-        stack = self.world.stack
-        # Indexed by _Scan.source: each layer voltage, the load cell, the stack and ambient
-        # thermocouples, an unwired (shorted) input, an open thermocouple.
-        signals = np.concatenate((stack.layer_voltages_V(),
-                                  (self.world.load_cell_output_V() if scan.reads_load_cell else 0.0,
-                                   stack.temperature_degC, stack.params.ambient_degC, 0.0, OVERLOAD)))
+        blocks = []
+        for stack_world, _ in self._wired:
+            stack = stack_world.stack
+            blocks += [stack.layer_voltages_V(),
+                       (stack_world.load_cell_output_V() if scan.reads_load_cell else 0.0,
+                        stack.temperature_degC, stack.params.ambient_degC)]
+        signals = np.concatenate((*blocks, (0.0, OVERLOAD)))
         readings = signals[scan.source] + scan.offset + scan.noise * self._rng.standard_normal(len(scan.source))
         readings = np.where(np.abs(readings) <= scan.limit, readings, OVERLOAD)
         return scan.template % tuple(readings.tolist())

@@ -34,6 +34,7 @@ class EaPsbSimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["ea-psb-10000"] = "ea-psb-10000"
+    stack: str = Field("main", description="the simulated stack its terminals are wired to")
     # [uncertain] model designation: a 200 V 1.5 kW PSB 10000; ratings are what matter here and
     # the driver reads them from the unit with SYST:NOM:*?.
     model: str = "PSB 10200-25 2U"

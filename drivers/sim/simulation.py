@@ -20,7 +20,7 @@ from .world import SimWorld
 
 SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Daq970aSimConfig], Field(discriminator="kind")]
 
-_SIMULATORS = {"ea-psb-10000": SimEaPsb, "keysight-daq970a": SimDaq970a}
+MAIN_STACK = "main"
 
 
 class SimulationConfig(BaseModel):
@@ -28,44 +28,71 @@ class SimulationConfig(BaseModel):
 
     seed: int = 1
     stack: StackParameters = StackParameters()
+    more_stacks: dict[str, StackParameters] = Field(
+        default_factory=dict, description="further stacks of a multi-channel bench, by name; `stack` is 'main'")
     fixture: PressureFixture | None = None
     instruments: dict[str, SimInstrumentConfig]
 
+    def stacks(self) -> dict[str, StackParameters]:
+        return {MAIN_STACK: self.stack, **self.more_stacks}
+
     @model_validator(mode="after")
-    def _layer_wiring_fits_the_stack(self) -> "SimulationConfig":
+    def _wiring_fits_the_stacks(self) -> "SimulationConfig":
+        stacks = self.stacks()
         for name, instrument in self.instruments.items():
-            if isinstance(instrument, Daq970aSimConfig):
-                wired = len(parse_channel_list(instrument.layer_channels))
-                if wired > self.stack.layers:
-                    raise ValueError(f"instruments.{name}.layer_channels wires {wired} layers, but the "
-                                     f"simulated stack has {self.stack.layers} (stack.layers)")
+            wired = instrument.wiring() if isinstance(instrument, Daq970aSimConfig) else {instrument.stack: None}
+            for stack, wiring in wired.items():
+                if stack not in stacks:
+                    raise ValueError(f"instruments.{name}: no simulated stack '{stack}'; stacks: {', '.join(stacks)}")
+                if wiring is None:
+                    continue
+                layers = len(parse_channel_list(wiring.layer_channels))
+                if layers > stacks[stack].layers:
+                    where = "stack" if stack == MAIN_STACK else f"more_stacks.{stack}"
+                    raise ValueError(f"instruments.{name}.layer_channels wires {layers} layers, but the "
+                                     f"simulated stack has {stacks[stack].layers} ({where}.layers)")
         return self
 
 
 @dataclass
 class Simulation:
-    world: SimWorld
+    worlds: dict[str, SimWorld]  # one per simulated stack, on one clock
     instruments: dict[str, ScpiInstrument]
 
+    @property
+    def world(self) -> SimWorld:
+        """The main stack's world (the only one on a single-channel bench)."""
+        return self.worlds[MAIN_STACK]
+
     def snapshot(self) -> dict:
-        """The simulated hardware's state: the stack and each instrument, at the clock's now."""
-        self.world.sync()
-        return {"time_s": self.world.clock.now(), "stack": self.world.stack.snapshot(),
+        """The simulated hardware's state: the stacks and each instrument, at the clock's now."""
+        for world in self.worlds.values():
+            world.sync()
+        return {"time_s": self.world.clock.now(),
+                "stacks": {name: world.stack.snapshot() for name, world in self.worlds.items()},
                 "instruments": {name: instrument.snapshot() for name, instrument in self.instruments.items()}}
 
     def restore(self, state: dict) -> None:
         """Continue from a snapshot: the hardware carries on, untouched, until the clock's now."""
-        self.world.stack.restore(state["stack"])
+        stacks = state.get("stacks") or {MAIN_STACK: state["stack"]}  # runs checkpointed with one stack
+        for name, stack_state in stacks.items():
+            self.worlds[name].stack.restore(stack_state)
         for name, instrument_state in state["instruments"].items():
             self.instruments[name].restore(instrument_state)
-        self.world.set_time(state["time_s"])
-        self.world.sync()
+        for world in self.worlds.values():
+            world.set_time(state["time_s"])
+            world.sync()
 
 
 def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
-    world = SimWorld(StackModel(config.stack, seed=config.seed), clock, fixture=config.fixture, seed=config.seed)
-    instruments = {
-        name: _SIMULATORS[instrument.kind](world, name, instrument)
-        for name, instrument in config.instruments.items()
-    }
-    return Simulation(world, instruments)
+    worlds = {name: SimWorld(StackModel(params, seed=config.seed + k), clock, fixture=config.fixture,
+                             seed=config.seed + k)
+              for k, (name, params) in enumerate(config.stacks().items())}
+    instruments: dict[str, ScpiInstrument] = {}
+    for name, instrument in config.instruments.items():
+        if isinstance(instrument, Daq970aSimConfig):
+            instruments[name] = SimDaq970a(worlds[instrument.stack], name, instrument,
+                                           {stack: worlds[stack] for stack in instrument.more_stacks})
+        else:
+            instruments[name] = SimEaPsb(worlds[instrument.stack], name, instrument)
+    return Simulation(worlds, instruments)
