@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from support import events_of
 
 from stackcycler.errors import SafetyTrip
 from stackcycler.safety import SafetyEnvelope, SafetyLimits
@@ -104,3 +106,25 @@ def test_no_coulombic_efficiency_check_unless_set():
     for cycle in range(4):
         watch.end_cycle(2.0, 2.0 * 0.998, cycle * 3600.0)
     watch.end_cycle(2.0, 1.0, 5 * 3600.0)
+
+
+def test_a_short_forming_in_a_simulated_layer_during_charge_trips_naming_it(run_protocol, tmp_path):
+    bench = tmp_path / "shorting.yaml"
+    bench.write_text("extends: sim\nsimulation:\n  stack:\n"
+                     "    internal_short: {layer: 7, resistance_ohm: 2.0, from_soc: 0.5}\n")
+    result = run_protocol(bench=str(bench), overrides={})  # C/3 charge: the short drains more than it gets
+    outcome = result.outcome
+    assert outcome.state == "tripped" and outcome.outputs_confirmed_off
+    assert "max_layer_drop_mV on layer 07 (internal short suspected)" in outcome.reason
+    stack = result.simulation.world.stack
+    assert stack.short_active
+    trip = next(e for e in events_of(result) if e["event"] == "safety_trip")
+    samples = pd.read_csv(outcome.folder / "samples.csv")
+    charging = samples[samples["Step ID"] == 1]
+    assert trip["test_time_s"] < charging["Test Time / s"].iloc[-1] + 1  # during the charge, not after it
+    # before the short, no other layer came near the stack's limits: it is the detector that tripped
+    assert samples["Voltage / V"].max() < 97.75 and samples[[f"Layer {n:02d} Voltage / V" for n in range(1, 24)]].max().max() < 4.4
+
+
+def test_a_healthy_stack_charges_without_an_alarm(run_protocol):
+    assert run_protocol(overrides={}).outcome.state == "completed"  # full C/3 CC-CV with the detector on

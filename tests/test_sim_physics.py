@@ -11,7 +11,7 @@ from stackcycler.clock import VirtualClock
 from stackcycler.drivers.sensors import LoadCell, PressureFixture
 from stackcycler.drivers.sim.daq970a import Daq970aSimConfig, SimDaq970a
 from stackcycler.drivers.sim.ea_psb import EaPsbSimConfig, SimEaPsb
-from stackcycler.drivers.sim.stack import StackModel, StackParameters
+from stackcycler.drivers.sim.stack import InternalShort, StackModel, StackParameters
 from stackcycler.drivers.sim.world import SimWorld
 
 FIXTURE = PressureFixture(active_area_cm2=620, load_cell=LoadCell(rated_force_kN=500, sensitivity_mV_per_V=2.0,
@@ -214,3 +214,15 @@ def test_daq_refuses_a_channel_it_does_not_have(channel):
     instrument = daq(SimWorld(stack(), VirtualClock(), fixture=FIXTURE))
     instrument.handle(f"CONF:VOLT:DC 10,(@{channel})")
     assert instrument.handle("SYST:ERR?").startswith("-224,")
+
+
+def test_an_internal_short_drains_its_layer_at_its_voltage_over_its_resistance():
+    params = StackParameters(layers=3, capacity_spread=0, initial_soc=0.6, initial_soc_spread=0,
+                             internal_short=InternalShort(layer=2, resistance_ohm=100.0, from_soc=0.5))
+    stack = StackModel(params, seed=1)
+    emf = stack.layer_voltages_V()[1]
+    stack.advance(0.0, 60.0)  # open circuit for a minute
+    expected = emf / 100.0 * 60.0 / 3600.0 / stack.capacity_Ah[1]
+    assert stack.soc[0] == stack.soc[2] == 0.6  # the others untouched
+    assert 0.6 - stack.soc[1] == pytest.approx(expected, rel=1e-9)
+    assert stack.short_active and stack.snapshot()["short_active"] is True

@@ -30,6 +30,17 @@ OCV_V = np.array([1.50, 2.40, 3.00, 3.28, 3.43, 3.54, 3.63, 3.70, 3.77, 3.84,
                   3.91, 3.99, 4.07, 4.15, 4.19, 4.24, 4.42, 4.65, 5.00])
 
 
+class InternalShort(BaseModel):
+    """A soft internal short that forms in one layer (a lithium dendrite through the separator):
+    a resistance that drains the layer from the moment its state of charge passes `from_soc`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    layer: int = Field(ge=1, description="1-based")
+    resistance_ohm: float = Field(gt=0)
+    from_soc: float = Field(0.0, ge=0, le=1.05)
+
+
 class StackParameters(BaseModel):
     """Parameters of the simulated stack; the `simulation.stack` block of a bench file."""
 
@@ -62,6 +73,7 @@ class StackParameters(BaseModel):
     preload_MPa: float = Field(5.0, ge=0)
     swelling_MPa_per_soc: float = 1.5
     thermal_pressure_MPa_per_K: float = 0.02
+    internal_short: InternalShort | None = Field(None, description="a short that forms in one layer, for tests")
 
     @field_validator("layer_capacity_scale")
     @classmethod
@@ -93,6 +105,8 @@ class StackModel:
             if layer > n:
                 raise ValueError(f"layer_capacity_scale names layer {layer}, but the stack has {n} layers")
             self.capacity_Ah[layer - 1] *= factor
+        if params.internal_short is not None and params.internal_short.layer > n:
+            raise ValueError(f"internal_short names layer {params.internal_short.layer}, but the stack has {n} layers")
         self.r0_ref_ohm = params.r0_ohm * np.clip(1 + params.r0_spread * rng.standard_normal(n), 0.2, None)
         self._fresh_capacity_Ah = self.capacity_Ah.copy()
         self._fresh_r0_ohm = self.r0_ref_ohm.copy()
@@ -106,6 +120,7 @@ class StackModel:
         self.discharged_Ah = 0.0
         self.charged_Wh = 0.0
         self.discharged_Wh = 0.0
+        self.short_active = False  # the internal short has formed
         self._state_moved()
 
     def _state_moved(self) -> None:
@@ -144,7 +159,7 @@ class StackModel:
         return self._emf_V + self.current_A * self._resistance_ohm
 
     _STATE = ("capacity_Ah", "r0_ref_ohm", "soc", "v_rc", "temperature_degC", "current_A",
-              "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh")
+              "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh", "short_active")
 
     def snapshot(self) -> dict:
         """The stack's state, as JSON-able data (for a checkpoint)."""
@@ -153,7 +168,7 @@ class StackModel:
 
     def restore(self, state: dict) -> None:
         for name in self._STATE:
-            value = state[name]
+            value = state.get(name, getattr(self, name))  # a field newer than the snapshot keeps its value
             setattr(self, name, np.asarray(value, float) if isinstance(value, list) else value)
         self._state_moved()
 
@@ -171,6 +186,19 @@ class StackModel:
         mean_soc = float(self.soc.sum()) / p.layers
         return (p.preload_MPa + p.swelling_MPa_per_soc * mean_soc
                 + p.thermal_pressure_MPa_per_K * (self.temperature_degC - p.ambient_degC))
+
+    def _drain_through_short(self, dt_s: float) -> float:
+        """The internal short's discharge of its layer over `dt_s`; returns the heat it makes (W)."""
+        short = self.params.internal_short
+        if short is None:
+            return 0.0
+        k = short.layer - 1
+        self.short_active = self.short_active or bool(self.soc[k] >= short.from_soc)
+        if not self.short_active:
+            return 0.0
+        leak_A = self._layer_emf_V[k] / short.resistance_ohm
+        self.soc[k] -= leak_A * dt_s / 3600.0 / self.capacity_Ah[k]
+        return leak_A**2 * short.resistance_ohm
 
     def advance(self, current_A: float, dt_s: float) -> None:
         """Carry `current_A` (constant, + = charge) for `dt_s` seconds."""
@@ -193,6 +221,7 @@ class StackModel:
             self.discharged_Ah += -current_A * dt_s / 3600.0
             self.discharged_Wh += -terminal_V * current_A * dt_s / 3600.0
         self.soc = self.soc + stored_Ah / self.capacity_Ah
+        heat_W += self._drain_through_short(dt_s)
         self._age()
 
         decay = math.exp(-dt_s / p.tau1_s)  # exact for constant current over the interval
