@@ -16,7 +16,7 @@ from stackcycler.drivers.roles import BidirectionalSupply, MeterChannel, Scannin
 from .bench import ChannelConfig
 from .clock import Clock
 from .control import OutputCommand
-from .errors import InstrumentError
+from .errors import InstrumentError, InstrumentLinkError
 from .safety import SafetyEnvelope
 from .sample import Sample
 
@@ -38,6 +38,7 @@ class Channel:
         self.layer_channels = config.layer_voltages.channel_numbers() if config.layer_voltages else []
         self.dut_sensors = [t.sensor for t in config.temperatures if t.sensor != "ambient"]
         self.has_ambient = any(t.sensor == "ambient" for t in config.temperatures)
+        self.lost_meters: set[str] = set()  # meters that stopped answering (see measure)
 
     def meter_inputs(self) -> dict[str, list[MeterChannel]]:
         inputs: dict[str, list[MeterChannel]] = {name: [] for name in self.meters}
@@ -62,25 +63,40 @@ class Channel:
         self.supply.set_protection(min(over_voltage, ratings.max_over_voltage_V),
                                    min(over_current, ratings.max_over_current_A))
 
-    def measure(self) -> Sample:
+    def measure(self, tolerate_lost_meters: bool = False) -> Sample:
+        """One sample. With `tolerate_lost_meters`, a meter that does not answer is put in
+        `lost_meters` and its readings are left out of the sample (not NaN: nothing was read),
+        and a lost meter is set up again and read as soon as it answers."""
         t = self.clock.now()
         unix = self.clock.unix_time()
         voltage, current = self.supply.measure()
-        readings = {name: meter.scan() for name, meter in self.meters.items()}
+        readings = {}
+        for name, meter in self.meters.items():
+            try:
+                if name in self.lost_meters:
+                    meter.configure_scan(self.meter_inputs()[name])  # it may have been power-cycled
+                readings[name] = meter.scan()
+                self.lost_meters.discard(name)
+            except InstrumentLinkError:  # a timeout too; an instrument's own error report is not
+                if not tolerate_lost_meters:
+                    raise
+                self.lost_meters.add(name)
         config = self.config
         layers = np.empty(0)
-        if config.layer_voltages:
+        if config.layer_voltages and config.layer_voltages.meter in readings:
             scanned = readings[config.layer_voltages.meter]
             layers = np.array([scanned[c] for c in self.layer_channels], float)
         temperatures, ambient = {}, None
         for t_input in config.temperatures:
+            if t_input.meter not in readings:
+                continue
             value = readings[t_input.meter][t_input.channel]
             if t_input.sensor == "ambient":
                 ambient = value
             else:
                 temperatures[t_input.sensor] = value
         pressure = None
-        if config.pressure:
+        if config.pressure and config.pressure.meter in readings:
             volts = readings[config.pressure.meter][config.pressure.channel]
             pressure = config.pressure.fixture.pressure_MPa(volts) if math.isfinite(volts) else math.nan
         return Sample(t, unix, voltage, current, layers, temperatures, ambient, pressure)
@@ -111,8 +127,9 @@ class Channel:
             state = "off" if self._output_on else "on"
             raise InstrumentError(f"supply at {self.supply.resource} switched its output {state} by itself "
                                   "(a protection trip?)")
-        for meter in self.meters.values():
-            meter.check_errors()
+        for name, meter in self.meters.items():
+            if name not in self.lost_meters:
+                meter.check_errors()
 
     def safe_state(self) -> None:
         """Output off, confirmed by the instrument."""

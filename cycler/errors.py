@@ -56,7 +56,11 @@ class InstrumentBusy(InstrumentError):
     """Another run holds the instrument; nothing was sent to it."""
 
 
-class InstrumentTimeout(InstrumentError):
+class InstrumentLinkError(InstrumentError):
+    """No contact with the instrument: the connection dropped (a cable, a switch, a power cut)."""
+
+
+class InstrumentTimeout(InstrumentLinkError):
     """No reply arrived within the transport's timeout."""
 
 

@@ -180,6 +180,7 @@ class Runner:
         self.holds: dict[str, str] = {}  # who holds the step ("operator", a suspend condition) -> why
         self._hold_started: dict[str, float] = {}
         self.suspension = SuspendMonitor(plan.protocol.suspend)
+        self._tolerate_lost_meters = bool(plan.protocol.suspend and plan.protocol.suspend.instrument_link_lost)
         self._held_since: float | None = None  # test time the hold began
         self.held_total_s = 0.0
         self._inbox = ControlInbox(store.folder)
@@ -273,7 +274,7 @@ class Runner:
         """One tick; True when the protocol has finished."""
         if self.control is None:  # resumed: the step's control is known once preflight has run
             self.control = self._controls[self.step.number]
-        sample = self.channel.measure()
+        sample = self.channel.measure(self._tolerate_lost_meters)
         self._last_sample = sample
         self.integrator.update(sample)
         if self.step_started_at is None:
@@ -358,7 +359,7 @@ class Runner:
 
     def _watch_environment(self, sample: Sample) -> None:
         """Suspend while a `suspend:` band of the protocol is left; continue when it is back."""
-        started, cleared = self.suspension.update(sample)
+        started, cleared = self.suspension.update(sample, self.channel.lost_meters)
         for condition, why in started.items():
             self.hold(condition, why, sample)
         for condition in cleared:
@@ -396,7 +397,7 @@ class Runner:
     def _measure_after_switch(self) -> None:
         """A sample right after a step in current, as cyclers take one at every step change: the
         charge count then sees the edge where it happened, not spread over the tick before."""
-        sample = self.channel.measure()
+        sample = self.channel.measure(self._tolerate_lost_meters)
         self.integrator.update(sample)
         if self._rate is not None:
             self._rate.add(sample.test_time_s, sample.voltage_V)  # the step's first point
@@ -526,12 +527,14 @@ class Runner:
         values = [0, sample.test_time_s, sample.unix_time_s, self.cycle_count, self.step_count, step.number,
                   step.step_type, step_time, sample.voltage_V, sample.current_A, sample.power_W,
                   test.charge_Ah, test.discharge_Ah, test.charge_Wh, test.discharge_Wh]
-        values += [sample.temperatures_degC[s] for s in self.channel.dut_sensors]
+        # a reading missing from the sample (its meter did not answer) is an empty cell
+        values += [sample.temperatures_degC.get(s) for s in self.channel.dut_sensors]
         if self.channel.has_ambient:
             values.append(sample.ambient_degC)
         if self.channel.config.pressure:
             values.append(sample.pressure_MPa)
-        values += sample.layer_voltages_V.tolist()
+        layers = sample.layer_voltages_V
+        values += layers.tolist() if layers.size else [None] * len(self.channel.layer_channels)
         return values
 
     def _record(self, sample: Sample, row: list, forced: bool) -> None:

@@ -82,7 +82,7 @@ class ShortDetector:
         """During charge steps, each tick; raises SafetyTrip on a layer that looks shorted."""
         layers = sample.layer_voltages_V
         if (self.max_drop_V is None or step_kind not in CHARGING_STEP_KINDS or sample.current_A < self.min_charge_A
-                or not np.isfinite(layers).all()):
+                or not layers.size or not np.isfinite(layers).all()):
             self._steady.clear()
             self._steady_bin = None
             self._low_ticks = None

@@ -13,6 +13,12 @@ stopped, safety and recording going on), and continues when the condition has be
       resume: automatic          # or: operator
       clear_for_s: 60
       max_suspended_s: 14400
+      instrument_link_lost: true # a meter that stops answering holds the test too
+
+A lost meter (no reply, connection dropped) is set up again and read every tick until it
+answers. Its readings are missing from the data meanwhile, and the safety limits on them are
+not judged while the output is off; the supply's voltage and current still are. A supply that
+stops answering always ends the run: its output cannot be confirmed off otherwise.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class SuspendConditions(BaseModel):
         "automatic", description="when the condition clears: continue, or wait for `cycler continue`")
     clear_for_s: float = Field(60.0, ge=0, description="how long the condition must stay clear")
     max_suspended_s: float | None = Field(None, gt=0, description="a longer suspension ends the run")
+    instrument_link_lost: bool = Field(
+        False, description="hold while a meter does not answer, instead of ending the run as a fault")
 
     def watched(self) -> dict[str, Band]:
         return {name: band for name in ("pressure_MPa", "ambient_degC") if (band := getattr(self, name)) is not None}
@@ -79,17 +87,21 @@ class SuspendMonitor:
         self.suspended: set[str] = set()
         self._clear_since: dict[str, float] = {}
 
-    def update(self, sample: Sample) -> tuple[dict[str, str], list[str]]:
+    def update(self, sample: Sample, lost_meters: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
         """({condition: why} newly out of band, [conditions clear for long enough])."""
         started: dict[str, str] = {}
         cleared: list[str] = []
-        for quantity, band in self.bands.items():
-            problem = band.outside(_reading(sample, quantity))
+        problems = {quantity: (None if (why := band.outside(_reading(sample, quantity))) is None
+                               else f"{quantity} {why} (suspend band)") for quantity, band in self.bands.items()}
+        if self.conditions is not None and self.conditions.instrument_link_lost:
+            problems["instrument_link"] = (f"no answer from {', '.join(sorted(lost_meters))} (instrument link lost)"
+                                           if lost_meters else None)
+        for quantity, problem in problems.items():
             if problem is not None:
                 self._clear_since.pop(quantity, None)
                 if quantity not in self.suspended:
                     self.suspended.add(quantity)
-                    started[quantity] = f"{quantity} {problem} (suspend band)"
+                    started[quantity] = problem
             elif quantity in self.suspended:
                 since = self._clear_since.setdefault(quantity, sample.test_time_s)
                 if sample.test_time_s - since >= self.conditions.clear_for_s:

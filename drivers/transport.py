@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from stackcycler.errors import InstrumentError, InstrumentTimeout
+from stackcycler.errors import InstrumentError, InstrumentLinkError, InstrumentTimeout
 
 DEFAULT_TIMEOUT_S = 2.0
 SIM_SCHEME = "sim://"
@@ -76,6 +76,7 @@ class VisaTransport:
         self.resource = resource
         self._errors = (pyvisa.errors.VisaIOError, OSError, ValueError)
         self._timeout_code = pyvisa.constants.StatusCode.error_timeout
+        self._connection_lost_code = pyvisa.constants.StatusCode.error_connection_lost
         try:
             manager = pyvisa.ResourceManager(visa_library)
             self._session = manager.open_resource(
@@ -87,6 +88,8 @@ class VisaTransport:
     def _translate(self, error: Exception) -> InstrumentError:
         if getattr(error, "error_code", None) == self._timeout_code:
             return InstrumentTimeout(f"{self.resource}: no reply (timeout)")
+        if isinstance(error, OSError) or getattr(error, "error_code", None) == self._connection_lost_code:
+            return InstrumentLinkError(f"{self.resource}: connection lost ({error})")
         return InstrumentError(f"{self.resource}: {error}")
 
     def write(self, message: str) -> None:

@@ -239,3 +239,44 @@ def test_a_suspend_band_needs_an_input_to_watch(run_text, tmp_path):
     bench.write_text("extends: sim\nchannels:\n  stack1:\n    pressure: null\n")
     with pytest.raises(InvalidInput, match="suspend.pressure_MPa: the channel has no pressure input"):
         run_text(SUSPENDING % ("automatic", ""), bench=str(bench))
+
+
+@pytest.fixture
+def daq_link_drops(monkeypatch):
+    """The DAQ stops answering for a while (its 100th to 1000th message), then comes back."""
+    from stackcycler.drivers.sim.daq970a import SimDaq970a
+
+    real = SimDaq970a.handle
+    calls = {"n": 0}
+
+    def handle(self, message):
+        calls["n"] += 1
+        return None if 100 <= calls["n"] < 1000 else real(self, message)
+
+    monkeypatch.setattr(SimDaq970a, "handle", handle)
+
+
+def test_a_lost_meter_suspends_the_test_and_it_continues_when_the_meter_is_back(run_text, daq_link_drops):
+    result = run_text(SUSPENDING.replace("pressure_MPa: {min: 4.0, max: 7.0}", "instrument_link_lost: true")
+                      % ("automatic", ""))
+    assert result.outcome.state == "completed", result.outcome.reason
+    events = events_of(result)
+    suspended = next(e for e in events if e["event"] == "suspended")
+    assert suspended["by"] == "instrument_link" and "no answer from daq" in suspended["reason"]
+    cleared = next(e for e in events if e["event"] == "suspension_cleared" and e["by"] == "instrument_link")
+    samples = pd.read_csv(result.outcome.folder / "samples.csv")
+    lost = samples[(samples["Test Time / s"] > suspended["test_time_s"])
+                   & (samples["Test Time / s"] < cleared["test_time_s"] - 40)]
+    assert len(lost) > 30
+    assert lost["Layer 07 Voltage / V"].isna().all() and lost["Voltage / V"].notna().all()  # nothing made up
+    assert lost["Current / A"].abs().max() < 0.01  # output off while the layers cannot be seen
+    charge_end = next(e for e in events if e["event"] == "step_end" and e["step"] == 1)
+    assert charge_end["step_time_s"] == pytest.approx(600, abs=1.0)
+    assert samples["Layer 07 Voltage / V"].iloc[-1] > 3.0  # read again after it came back
+
+
+def test_a_lost_meter_is_a_fault_unless_the_protocol_allows_suspending(run_text, daq_link_drops):
+    result = run_text(SUSPENDING.replace("suspend:\n  pressure_MPa: {min: 4.0, max: 7.0}\n  resume: %s\n"
+                                         "  clear_for_s: 30\n  %s\n", ""))
+    assert result.outcome.state == "faulted" and "no reply" in result.outcome.reason
+    assert result.outcome.outputs_confirmed_off
