@@ -56,6 +56,10 @@ class StepControl:
     def command(self, step_time_s: float, sample: Sample | None) -> OutputCommand | None:
         raise NotImplementedError
 
+    def next_change_s(self, step_time_s: float) -> float | None:
+        """Step time of the next scheduled change of setpoint (a profile's next point), if any."""
+        return None
+
 
 @dataclass(frozen=True)
 class StaticControl(StepControl):
@@ -133,6 +137,9 @@ class WaveformControl(StepControl):
     @property
     def steps_on_change(self) -> bool:
         return self.step.waveform.interpolation == "step"
+
+    def next_change_s(self, step_time_s: float) -> float:
+        return self.step.waveform.next_point_after(step_time_s)
 
     def command(self, step_time_s, sample):
         value = self.step.waveform.value_at(step_time_s)

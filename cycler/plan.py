@@ -23,6 +23,7 @@ Rules (printed by `cycler plan`):
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 from dataclasses import dataclass, field
@@ -151,6 +152,15 @@ class Waveform:
         if self.interpolation == "step":
             return self.values[max(int(np.searchsorted(times, t, side="right")) - 1, 0)]
         return float(np.interp(t, times, self.values))
+
+    def next_point_after(self, step_time_s: float) -> float:
+        """Step time of the waveform's next time point after `step_time_s` (it repeats each period)."""
+        if self.period_s <= 0:
+            return math.inf
+        passes, t = divmod(step_time_s, self.period_s)
+        k = bisect.bisect_right(self.times_s, t + 1e-9)
+        following = self.times_s[k] if k < len(self.times_s) else self.period_s + self.times_s[0]
+        return passes * self.period_s + following
 
     def extremes(self) -> tuple[float, float]:
         return min(self.values), max(self.values)

@@ -40,6 +40,10 @@ from .sample import Sample
 from .store import Column, RunStore, utc_iso
 from .suspend import SuspendMonitor
 
+# A CC-CV step has crossed into CV when the current is this far below its CC setpoint while the
+# voltage is this close to its CV setpoint.
+CV_CURRENT_FRACTION = 0.98
+CV_VOLTAGE_FRACTION = 0.005
 HEALTH_CHECK_INTERVAL_S = 10.0  # test time between error-queue and output-state checks
 CHECKPOINT_INTERVAL_WALL_S = 0.5  # at most this much of the data is lost when the host dies
 SAFE_STATE_ATTEMPTS = 3
@@ -173,7 +177,9 @@ class Runner:
         self._resumed = False
         self._last_sample: Sample | None = None
         self._current_ends_armed_at = 0.0  # test time from which current-based ends may fire
-        self.next_tick_s = 0.0
+        self._cv_phase: tuple[float, float] | None = None  # CC-CV step in CV: (step time, step Ah) at entry
+        self.next_tick_s = 0.0  # when the next tick is due (test time)
+        self._grid_s = 0.0  # the next tick of the regular grid, every tick_s
         self.outcome: RunOutcome | None = None
         self.finished_at_s = 0.0  # test time the run ended
         # Holding: output off, step clock stopped, ends not evaluated, safety and recording going on.
@@ -210,24 +216,37 @@ class Runner:
 
     def _start(self) -> None:
         self._preflight()
-        self.next_tick_s = self.clock.now()
+        self.next_tick_s = self._grid_s = self.clock.now()
         if not self._resumed and not self._run_instructions(0):
             self._complete()  # a protocol of loops and cycle marks only
 
     def _advance(self) -> None:
         if self.stop():
             raise Interrupted(self.stop.reason)
+        ticked_at = self.next_tick_s
         if self._tick():
             self._complete()
             return
-        self.next_tick_s += self.tick_s
-        late = self.clock.now() - self.next_tick_s
-        if late > 0:  # the tick outran its period: log it, skip the missed slots, keep the grid
-            self.overruns += 1
-            if self.overruns <= MAX_OVERRUN_EVENTS:
-                self._event("tick_overrun", late_s=round(late, 4), tick_s=self.tick_s,
-                            note="logged individually up to %d times, then only counted" % MAX_OVERRUN_EVENTS)
-            self.next_tick_s += (int(late // self.tick_s) + 1) * self.tick_s
+        if ticked_at >= self._grid_s:  # a tick of the regular grid, not one at a profile's point
+            self._grid_s += self.tick_s
+            late = self.clock.now() - self._grid_s
+            if late > 0:  # the tick outran its period: log it, skip the missed slots, keep the grid
+                self.overruns += 1
+                if self.overruns <= MAX_OVERRUN_EVENTS:
+                    self._event("tick_overrun", late_s=round(late, 4), tick_s=self.tick_s,
+                                note="logged individually up to %d times, then only counted" % MAX_OVERRUN_EVENTS)
+                self._grid_s += (int(late // self.tick_s) + 1) * self.tick_s
+        change = self._next_setpoint_change()
+        self.next_tick_s = change if change < self._grid_s - 1e-6 else self._grid_s
+
+    def _next_setpoint_change(self) -> float:
+        """Test time of the step's next scheduled setpoint change (a profile's next point): an
+        extra tick then, so that the profile is followed at its own time points, not the grid's."""
+        if self._held_since is not None or self.step_started_at is None:
+            return float("inf")
+        step_time = self._step_time(self.clock.now())
+        change = self.control.next_change_s(step_time)
+        return float("inf") if change is None else self.step_started_at + change
 
     def _complete(self) -> None:
         self.outcome = self._finish("completed", ExitCode.COMPLETED, "protocol finished", None)
@@ -294,6 +313,8 @@ class Runner:
         held = self._held_since is not None
 
         step_time = self._step_time(sample.test_time_s)
+        if step.kind == "cccv" and self._cv_phase is None and not held:
+            self._watch_cv_entry(sample, step_time)
         end = None if held else self._reached_end(sample, step_time)
         # Recorded before anything is acted on, so a fault while applying control cannot lose it.
         self._record(sample, row, forced=self._force_record or end is not None)
@@ -393,6 +414,28 @@ class Runner:
         else:
             self.release("operator", sample)
         self._publish_status(sample, now=True)
+
+    def _watch_cv_entry(self, sample: Sample, step_time: float) -> None:
+        """A CC-CV step is in its CV phase once the supply holds the voltage and the current has
+        fallen below the CC setpoint (by more than noise): from then on its current tapers."""
+        step = self.step
+        if (abs(sample.current_A) < CV_CURRENT_FRACTION * abs(step.current_A)
+                and abs(sample.voltage_V - step.voltage_V) <= CV_VOLTAGE_FRACTION * step.voltage_V):
+            moved = self.integrator.step
+            self._cv_phase = (step_time, moved.charge_Ah + moved.discharge_Ah)
+            self._event("cv_phase", step=step.number, step_time_s=round(step_time, 3),
+                        voltage_V=sample.voltage_V, current_A=sample.current_A)
+
+    def _cccv_phases(self, step_time: float) -> dict:
+        """How a CC-CV step split between its CC and CV phases (charge moved, duration)."""
+        moved = self.integrator.step
+        total = moved.charge_Ah + moved.discharge_Ah
+        if self._cv_phase is None:
+            return {"cc_Ah": total, "cc_s": round(step_time, 3), "cv_Ah": 0.0, "cv_s": 0.0,
+                    "cv_reached": False}
+        cv_at, moved_at = self._cv_phase
+        return {"cc_Ah": moved_at, "cc_s": round(cv_at, 3), "cv_Ah": total - moved_at,
+                "cv_s": round(step_time - cv_at, 3), "cv_reached": True}
 
     def _measure_after_switch(self) -> None:
         """A sample right after a step in current, as cyclers take one at every step change: the
@@ -496,6 +539,7 @@ class Runner:
         self._current_ends_armed_at = sample.test_time_s + CURRENT_END_BLANKING_S
         self.integrator.start_step()
         self.shorts.start_step()
+        self._cv_phase = None
         self._rate = _VoltageRate() if any(e.quantity == "voltage_rate" for e in step.ends) else None
         self._force_record = True
         self._event("step_start", step=step.number, name=step.name, setpoint=step.setpoint(),
@@ -510,7 +554,8 @@ class Runner:
         self._event("step_end", step=step.number, name=step.name, reason=end.describe(), origin=end.origin,
                     step_time_s=round(step_time, 3), voltage_V=sample.voltage_V, current_A=sample.current_A,
                     charge_Ah=throughput.charge_Ah, discharge_Ah=throughput.discharge_Ah,
-                    charge_Wh=throughput.charge_Wh, discharge_Wh=throughput.discharge_Wh)
+                    charge_Wh=throughput.charge_Wh, discharge_Wh=throughput.discharge_Wh,
+                    **(self._cccv_phases(step_time) if step.kind == "cccv" else {}))
         if step.tag:
             self.step_discharges.setdefault(step.tag, []).append(throughput.discharge_Ah)
         self.expected_done_s += step.expected_s
@@ -563,7 +608,7 @@ class Runner:
             "loop_discharge_at_start": self.loop_discharge_at_start, "loop_first_capacity": self.loop_first_capacity,
             "step_discharges": self.step_discharges, "expected_done_s": self.expected_done_s,
             "overruns": self.overruns, "held_total_s": self.held_total_s, "integrators": integrators,
-            "ce_history": list(self.shorts.ce_history),
+            "ce_history": list(self.shorts.ce_history), "cv_phase": self._cv_phase,
             "last_sample": {"test_time_s": sample.test_time_s, "voltage_V": sample.voltage_V,
                             "current_A": sample.current_A, "layer_voltages_V": sample.layer_voltages_V.tolist(),
                             "temperatures_degC": sample.temperatures_degC, "pressure_MPa": sample.pressure_MPa},
@@ -588,6 +633,7 @@ class Runner:
         self.expected_done_s = checkpoint["expected_done_s"]
         self.overruns = checkpoint["overruns"]
         self.held_total_s = checkpoint.get("held_total_s", 0.0)
+        self._cv_phase = tuple(checkpoint["cv_phase"]) if checkpoint.get("cv_phase") else None
         self.shorts.ce_history.extend(tuple(entry) for entry in checkpoint.get("ce_history", []))
         self.records = checkpoint["records"]
         for scope, values in checkpoint["integrators"].items():

@@ -44,10 +44,10 @@ def test_two_channels_run_together_each_with_its_own_folder_and_physics(tmp_path
 def test_different_protocols_and_tick_periods_per_channel(tmp_path):
     bench = tmp_path / "slow-second.yaml"
     bench.write_text("extends: sim-2ch\nchannels:\n  stack2:\n    tick_s: 2.0\n")
-    first, second = together(tmp_path, {"stack1": "capacity-check", "stack2": "dcir-iec61960"}, bench=str(bench))
+    first, second = together(tmp_path, {"stack1": "dcir-iec61960", "stack2": "capacity-check"}, bench=str(bench))
     assert first.outcome.state == second.outcome.state == "completed"
-    assert json.loads((second.outcome.folder / "run.json").read_text())["protocol"]["name"] == "dcir-iec61960"
-    assert json.loads((first.outcome.folder / "run.json").read_text())["protocol"]["name"] == "capacity-check"
+    assert json.loads((first.outcome.folder / "run.json").read_text())["protocol"]["name"] == "dcir-iec61960"
+    assert json.loads((second.outcome.folder / "run.json").read_text())["protocol"]["name"] == "capacity-check"
     times = pd.read_csv(second.outcome.folder / "samples.csv")["Test Time / s"]
     gaps = times.diff().dropna()
     assert (gaps[gaps > 0] % 2.0 == 0).all()  # stack2 ticks every 2 s, whatever stack1 does

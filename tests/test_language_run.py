@@ -337,3 +337,29 @@ def test_an_end_on_a_fast_voltage_change_waits_for_its_window(run_text):
                             "max_duration_s: 3600}\n"))
     end = step_ends(result)[1]
     assert end["reason"] == "|dV/dt| ≥ 1000 mV/h" and end["step_time_s"] == 600.0
+
+
+def test_a_profile_is_followed_at_its_own_time_points_between_ticks(run_text):
+    result = run_text("""
+name: off-grid
+record: {time_s: 0.25}
+steps:
+  - step: profile
+    quantity: current_A
+    interpolation: step
+    table: [[0, 0.5], [10.5, -0.5], [20.25, 0.5], [30, 0.5]]
+    max_duration_s: 60
+""")
+    assert result.outcome.state == "completed"
+    samples = pd.read_csv(result.outcome.folder / "samples.csv")
+    step_times = samples["Step Time / s"].round(3)
+    for point in (10.5, 20.25, 40.5, 50.25):  # in both passes of the 30 s profile
+        at = samples[step_times == point]
+        assert len(at) >= 1, point  # a tick at the point itself, off the 1 s grid
+    after = samples[step_times == 10.5]["Current / A"].iloc[-1]
+    assert after == pytest.approx(-0.5, abs=0.01)  # switched at 10.5 s, measured at once
+    # the 1 s grid carried on around the extra ticks
+    assert set(range(0, 61)) <= set(step_times[step_times % 1 == 0].astype(int))
+    # the charge is the profile's own: 10.5 s at +0.5, 9.75 s at -0.5, 9.75 s at +0.5, each pass
+    net = samples["Charging Capacity / Ah"].iloc[-1] - samples["Discharging Capacity / Ah"].iloc[-1]
+    assert net == pytest.approx(2 * (10.5 * 0.5 - 9.75 * 0.5 + 9.75 * 0.5) / 3600, abs=2e-5)

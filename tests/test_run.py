@@ -220,3 +220,20 @@ def test_a_supply_protection_trip_is_detected_as_a_fault(run_protocol, monkeypat
     assert result.outcome.state == "faulted"
     assert "switched its output off by itself" in result.outcome.reason
     assert not supply_output_on(result)
+
+
+def test_a_cccv_step_reports_its_cc_and_cv_phases(run_protocol):
+    result = run_protocol()
+    events = events_of(result)
+    entry = next(e for e in events if e["event"] == "cv_phase")
+    charge = next(e for e in events if e["event"] == "step_end" and e["step"] == 1)
+    assert charge["cv_reached"] is True
+    assert charge["cc_Ah"] + charge["cv_Ah"] == pytest.approx(charge["charge_Ah"] + charge["discharge_Ah"])
+    assert charge["cc_s"] == entry["step_time_s"] and charge["cv_s"] == pytest.approx(charge["step_time_s"] - charge["cc_s"])
+    samples = pd.read_csv(result.outcome.folder / "samples.csv")
+    step1 = samples[samples["Step ID"] == 1]
+    cc = step1[step1["Step Time / s"] < entry["step_time_s"] - 5]
+    cv = step1[step1["Step Time / s"] > entry["step_time_s"] + 5]
+    assert cc["Current / A"].iloc[5:].min() == pytest.approx(2.0, abs=0.01)  # 1C in CC
+    assert cv["Voltage / V"].sub(97.75).abs().max() < 0.05  # held at the CV voltage
+    assert 0 < charge["cv_Ah"] < charge["cc_Ah"]
