@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
+from stackcycler.errors import InstrumentTimeout
+
 # The capacity check at 1C with one-minute rests: the same steps, a fifth of the ticks.
 QUICK = {"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0}
 
@@ -58,3 +60,41 @@ def start_logging_run(cwd: Path, rows: int, **popen) -> tuple[subprocess.Popen, 
         time.sleep(0.1)
     process.kill()
     raise AssertionError("the run did not start logging within a minute")
+
+
+Script = list[tuple[str, "str | None"]]
+
+
+class ScriptedTransport:
+    """A message transport that plays an instrument from a script of (expected message, reply or None)."""
+
+    resource = "TCPIP::192.0.2.7::5025::SOCKET"
+
+    def __init__(self, script: Script):
+        self.script = list(script)
+        self.pending: list[str] = []
+        self.closed = False
+
+    def write(self, message: str) -> None:
+        assert self.script, f"unexpected message {message!r}: the script is finished"
+        expected, reply = self.script.pop(0)
+        assert message == expected, f"sent {message!r}, expected {expected!r}"
+        if reply is not None:
+            self.pending.append(reply)
+
+    def read(self) -> str:
+        if not self.pending:
+            raise InstrumentTimeout(f"{self.resource}: no reply (timeout)")
+        return self.pending.pop(0)
+
+    def query(self, message: str) -> str:
+        self.write(message)
+        return self.read()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def done(self) -> None:
+        """Every scripted message was sent and every reply read."""
+        assert not self.script, f"messages never sent: {self.script}"
+        assert not self.pending, f"replies never read: {self.pending}"

@@ -9,49 +9,18 @@ from __future__ import annotations
 import math
 
 import pytest
+from support import ScriptedTransport
 
 from stackcycler.drivers.ea_psb import EaPsb10000
 from stackcycler.drivers.keysight_daq970a import KeysightDaq970a
 from stackcycler.drivers.roles import MeterChannel
 from stackcycler.drivers.scpi import format_channel_list, parse_channel_list, parse_number, parse_on_off
-from stackcycler.errors import InstrumentError, InstrumentTimeout, InvalidInput
+from stackcycler.errors import InstrumentError, InvalidInput
 
 NO_ERROR_EA = '0,"No error"'
 NO_ERROR_KEYSIGHT = '+0,"No error"'
 PSB_IDN = "EA Elektro-Automatik GmbH & Co. KG, PSB 10200-25 2U, 2306170042, V3.05"
 DAQ_IDN = "Keysight Technologies,DAQ970A,MY58031276,A.02.04-00.16-11.29-00.02-02-01"
-
-
-class ExpectedProtocol:
-    """A transport that checks every message against a script of (sent, reply or None)."""
-
-    resource = "TCPIP::192.0.2.1::5025::SOCKET"
-
-    def __init__(self, pairs: list[tuple[str, str | None]]):
-        self.pairs = list(pairs)
-        self.replies: list[str] = []
-
-    def write(self, message: str) -> None:
-        assert self.pairs, f"unexpected message {message!r}: the script is finished"
-        expected, reply = self.pairs.pop(0)
-        assert message == expected
-        if reply is not None:
-            self.replies.append(reply)
-
-    def read(self) -> str:
-        if not self.replies:
-            raise InstrumentTimeout(f"{self.resource}: no reply (timeout)")
-        return self.replies.pop(0)
-
-    def query(self, message: str) -> str:
-        self.write(message)
-        return self.read()
-
-    def close(self) -> None:
-        pass
-
-    def done(self) -> None:
-        assert not self.pairs, f"messages never sent: {self.pairs}"
 
 
 PSB_CONNECT = [
@@ -65,8 +34,8 @@ PSB_CONNECT = [
 ]
 
 
-def connected_psb(*more: tuple[str, str | None]) -> tuple[EaPsb10000, ExpectedProtocol]:
-    transport = ExpectedProtocol(PSB_CONNECT + list(more))
+def connected_psb(*more: tuple[str, str | None]) -> tuple[EaPsb10000, ScriptedTransport]:
+    transport = ScriptedTransport(PSB_CONNECT + list(more))
     psb = EaPsb10000(transport)
     psb.connect()
     return psb, transport
@@ -80,13 +49,13 @@ def test_psb_connect_takes_remote_control_switches_off_and_reads_its_ratings():
 
 
 def test_psb_refuses_an_instrument_that_is_not_a_psb():
-    transport = ExpectedProtocol([("*IDN?", "KEITHLEY INSTRUMENTS,MODEL 2450,04365704,1.6.4c")])
+    transport = ScriptedTransport([("*IDN?", "KEITHLEY INSTRUMENTS,MODEL 2450,04365704,1.6.4c")])
     with pytest.raises(InstrumentError, match="is not an EA PSB"):
         EaPsb10000(transport).connect()
 
 
 def test_psb_says_so_when_remote_control_is_not_granted():
-    transport = ExpectedProtocol([("*IDN?", PSB_IDN), ("SYST:LOCK ON", None), ("SYST:ERR?", NO_ERROR_EA),
+    transport = ScriptedTransport([("*IDN?", PSB_IDN), ("SYST:LOCK ON", None), ("SYST:ERR?", NO_ERROR_EA),
                                   ("SYST:LOCK:OWN?", "LOCAL")])
     with pytest.raises(InstrumentError, match=r"remote control not granted \(SYST:LOCK:OWN\? = 'LOCAL'\)"):
         EaPsb10000(transport).connect()
@@ -171,8 +140,8 @@ DAQ_INPUTS = [MeterChannel(101, "dc_voltage", 10.0), MeterChannel(102, "dc_volta
               MeterChannel(204, "thermocouple", thermocouple_type="K"), MeterChannel(206, "dc_voltage", 0.1)]
 
 
-def configured_daq(*more: tuple[str, str | None]) -> tuple[KeysightDaq970a, ExpectedProtocol]:
-    transport = ExpectedProtocol([
+def configured_daq(*more: tuple[str, str | None]) -> tuple[KeysightDaq970a, ScriptedTransport]:
+    transport = ScriptedTransport([
         ("*IDN?", DAQ_IDN), ("*CLS", None), ("*RST", None), ("SYST:ERR?", NO_ERROR_KEYSIGHT),
         ("CONF:VOLT:DC 10.0,(@101,102)", None),
         ("CONF:VOLT:DC 0.1,(@206)", None),
@@ -230,7 +199,7 @@ def test_daq_scan_refuses_a_short_reply():
 
 
 def test_daq_refuses_a_range_it_does_not_have():
-    transport = ExpectedProtocol([("*IDN?", DAQ_IDN), ("*CLS", None), ("*RST", None), ("SYST:ERR?", NO_ERROR_KEYSIGHT)])
+    transport = ScriptedTransport([("*IDN?", DAQ_IDN), ("*CLS", None), ("*RST", None), ("SYST:ERR?", NO_ERROR_KEYSIGHT)])
     daq = KeysightDaq970a(transport)
     daq.connect()
     with pytest.raises(InstrumentError, match="DC voltage range 5.0 V on channel 101"):
@@ -239,7 +208,7 @@ def test_daq_refuses_a_range_it_does_not_have():
 
 def test_daq_refuses_an_instrument_that_is_not_a_daq():
     with pytest.raises(InstrumentError, match="is not a DAQ970A"):
-        KeysightDaq970a(ExpectedProtocol([("*IDN?", PSB_IDN)])).connect()
+        KeysightDaq970a(ScriptedTransport([("*IDN?", PSB_IDN)])).connect()
 
 
 # --- shared parsing helpers -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
+from support import Script, ScriptedTransport
 
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.ea_psb import EaPsb10000
@@ -22,46 +23,12 @@ from stackcycler.drivers.sim.simulation import SimulationConfig, build_simulatio
 from stackcycler.drivers.transport import InProcessTransport
 from stackcycler.errors import InstrumentError, InstrumentTimeout, InvalidInput
 
-Script = list[tuple[str, "str | None"]]
-
-
-class ScriptedTransport:
-    """A message transport that plays an instrument from a script of (expected message, reply or None)."""
-
-    resource = "TCPIP::192.0.2.7::5025::SOCKET"
-
-    def __init__(self, script: Script):
-        self.script = list(script)
-        self.pending: list[str] = []
-        self.closed = False
-
-    def write(self, message: str) -> None:
-        assert self.script, f"unexpected message {message!r}: the script is finished"
-        expected, reply = self.script.pop(0)
-        assert message == expected, f"sent {message!r}, expected {expected!r}"
-        if reply is not None:
-            self.pending.append(reply)
-
-    def read(self) -> str:
-        if not self.pending:
-            raise InstrumentTimeout(f"{self.resource}: no reply (timeout)")
-        return self.pending.pop(0)
-
-    def query(self, message: str) -> str:
-        self.write(message)
-        return self.read()
-
-    def close(self) -> None:
-        self.closed = True
-
-
 @contextmanager
 def expected_protocol(driver_class, script: Script) -> Iterator:
     """The driver on a scripted transport; on leaving, every scripted message must have been sent."""
     transport = ScriptedTransport(script)
     yield driver_class(transport)
-    assert not transport.script, f"messages never sent: {transport.script}"
-    assert not transport.pending, f"replies never read: {transport.pending}"
+    transport.done()
 
 
 # --- EA PSB 10000 ----------------------------------------------------------------------------

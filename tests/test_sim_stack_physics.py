@@ -19,7 +19,6 @@ from stackcycler.drivers.sim.daq970a import Daq970aSimConfig, SimDaq970a
 from stackcycler.drivers.sim.ea_psb import EaPsbSimConfig, SimEaPsb
 from stackcycler.drivers.sim.stack import StackModel, StackParameters
 from stackcycler.drivers.sim.world import MAX_STEP_S, SimWorld
-from stackcycler.errors import InvalidInput
 
 LOAD_CELL = LoadCell(rated_force_kN=500, sensitivity_mV_per_V=2.0, excitation_V=10.0)  # 20 mV full scale
 FIXTURE = PressureFixture(active_area_cm2=620, load_cell=LOAD_CELL)
