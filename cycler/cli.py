@@ -376,6 +376,65 @@ def stop(run_name, runs_dir):
     _operator_request("stop", run_name, runs_dir)
 
 
+@main.group()
+def sim() -> None:
+    """Simulated instruments for trying a bench's network path without hardware."""
+
+
+@sim.command("serve")
+@click.option("--bench", default="sim", show_default=True, help="A simulated bench (built-in name or file).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", "first_port", type=int, default=5025, show_default=True,
+              help="Port of the first instrument (in name order); the others follow. 0: any free ports.")
+@click.option("--bench-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a bench file that reaches the served instruments over TCP.")
+def sim_serve(bench, host, first_port, bench_out):
+    """Serve the bench's simulated instruments over TCP (raw SCPI sockets), in real time, until Ctrl+C.
+
+    Each answers at TCPIP::HOST::PORT::SOCKET; run protocols against them with --bench-out's file."""
+    import time
+
+    from stackcycler.drivers.sim.serve import SimulationServer
+    from stackcycler.drivers.sim.simulation import build_simulation
+
+    from .clock import WallClock
+
+    try:
+        loaded = load_bench(bench)
+        if not loaded.config.simulated:
+            raise InvalidInput(f"{loaded.path}: not a simulated bench (it has no simulation block)")
+        server = SimulationServer(build_simulation(loaded.config.simulation, WallClock()), host, first_port)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    except OSError as error:
+        errors.print(f"[bold red]error:[/bold red] cannot listen on {host}:{first_port}: {error.strerror}")
+        sys.exit(int(ExitCode.INVALID_INPUT))
+    with server:
+        for name, resource in server.resources().items():
+            console.print(f"{name}: {resource}", markup=False)
+        if bench_out is not None:
+            bench_out.write_text(served_bench_text(loaded, server.resources()), encoding="utf-8")
+            console.print(f"bench file: {bench_out}", markup=False)
+        console.print("serving in real time; Ctrl+C stops", markup=False)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopped", markup=False)
+
+
+def served_bench_text(bench, resources: dict[str, str]) -> str:
+    """The bench as a real one: no simulation block, each instrument at its served address."""
+    import yaml
+
+    data = {key: value for key, value in bench.resolved.items() if key not in ("simulation", "extends")}
+    data["name"] = f"{bench.config.name}-served"
+    data["description"] = f"{bench.config.name}'s simulated instruments, served over TCP by `cycler sim serve`"
+    data["instruments"] = {name: {**spec, "resource": resources[name]} for name, spec in data["instruments"].items()}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 @main.command()
 def protocols():
     """List the built-in protocols."""

@@ -19,12 +19,18 @@ by side with its baseline in the same process run (these machines are shared and
 4. breach-to-off latency: capacity-check on the sim-weak-layer bench, recorded every tick,
    trips on layer 7's over-voltage; the ticks from the first recorded sample over the limit to
    the moment OUTP OFF reaches the simulated supply (on the virtual clock).
+5. runner overhead over loopback TCP: the default bench's simulators served by `cycler sim
+   serve` on 127.0.0.1 and driven through pyvisa-py in real time; the runner's time inside a
+   tick (median, 50 ms ticks) against the median time of the raw pyvisa queries a tick needs
+   (MEAS:ARR? to the supply, READ? to the DAQ) on the same server, paced every 50 ms as well,
+   interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -41,6 +47,11 @@ import yaml
 
 from stackcycler.bench import load_bench
 from stackcycler.channel import Channel
+from stackcycler.cli import served_bench_text
+from stackcycler.clock import WallClock
+from stackcycler.drivers.sim.serve import SimulationServer
+from stackcycler.drivers.sim.simulation import build_simulation
+from stackcycler.runner import Runner
 from stackcycler.drivers.sim.ea_psb import SimEaPsb
 from stackcycler.live import SilentReporter
 from stackcycler.safety import SafetyEnvelope
@@ -242,6 +253,67 @@ def breach_to_off_ticks() -> dict:
             "trip_event_s": trip["test_time_s"]}
 
 
+# --- runner overhead over loopback TCP ------------------------------------------------------------
+
+
+@contextmanager
+def timed_ticks(durations: list[float]) -> Iterator[None]:
+    """Note the wall time the runner spends inside each tick."""
+    original = Runner._tick
+
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            return original(self)
+        finally:
+            durations.append(time.perf_counter() - start)
+
+    Runner._tick = timed
+    try:
+        yield
+    finally:
+        Runner._tick = original
+
+
+def loopback_overhead(ticks: int, repeats: int) -> dict:
+    import pyvisa
+
+    bench = load_bench("sim")
+    runner_ms, raw_ms = [], []
+    with tempfile.TemporaryDirectory() as folder, \
+            SimulationServer(build_simulation(bench.config.simulation, WallClock())) as server:
+        os.environ["CYCLER_LOCK_DIR"] = str(Path(folder) / "locks")
+        data = yaml.safe_load(served_bench_text(bench, server.resources()))
+        data["channels"]["stack1"]["tick_s"] = 0.05
+        served = Path(folder) / "served.yaml"
+        served.write_text(yaml.safe_dump(data))
+        protocol = Path(folder) / "cc.yaml"
+        protocol.write_text(f"name: cc\nrecord: {{time_s: 1}}\nsteps:\n  - {{step: cc, current_A: 0.5, "
+                            f"until: [{{step_time_s: {ticks * 0.05}}}]}}\n")
+        manager = pyvisa.ResourceManager("@py")
+        for _ in range(repeats):  # interleaved
+            durations: list[float] = []
+            with timed_ticks(durations):
+                result = execute(prepare(RunRequest(str(protocol), bench=str(served), runs_dir=Path(folder) / "runs",
+                                                    operator="benchmark")), SilentReporter())
+            assert result.outcome.state == "completed", result.outcome.reason
+            runner_ms.append(statistics.median(durations) * 1e3)
+            supply, daq = (manager.open_resource(server.resources()[name], read_termination="\n",
+                                                 write_termination="\n") for name in ("supply", "daq"))
+            raw = []
+            for _ in range(ticks):  # the DAQ keeps the scan the run configured
+                time.sleep(0.05)  # paced as the runner's ticks: an idle link wakes up slower than a busy one
+                start = time.perf_counter()
+                supply.query("MEAS:ARR?")
+                daq.query("READ?")
+                raw.append(time.perf_counter() - start)
+            supply.close()
+            daq.close()
+            raw_ms.append(statistics.median(raw) * 1e3)
+    return {"ticks": ticks, "runner_tick_ms": summarise(runner_ms), "raw_queries_ms": summarise(raw_ms),
+            "ratio": summarise([a / b for a, b in zip(runner_ms, raw_ms)])}
+
+
 # --- the table ---------------------------------------------------------------------------------------
 
 
@@ -286,6 +358,7 @@ def main() -> int:
 
     results["memory"] = memory_growth(memory_samples)
     results["breach_to_off"] = breach_to_off_ticks()
+    results["loopback"] = loopback_overhead(200 if args.quick else 1000, 2 if args.quick else 3)
 
     rows = [("ticks/s, bare measure() (baseline)", results["ticks_per_s"]["bare_measure"]),
             ("ticks/s, full runner (capacity check)", results["ticks_per_s"]["runner"]),
@@ -298,7 +371,10 @@ def main() -> int:
     memory, breach = results["memory"], results["breach_to_off"]
     rows += [(f"peak RSS growth / MB, {memory['samples']:,} samples", summarise([memory["growth_MB"]])),
              ("peak RSS / MB incl. the end-of-run summary", summarise([memory["peak_with_end_of_run_summary_MB"]])),
-             ("breach to output off / ticks (target 0)", summarise([breach["ticks"]]))]
+             ("breach to output off / ticks (target 0)", summarise([breach["ticks"]])),
+             ("loopback TCP: runner tick / ms", results["loopback"]["runner_tick_ms"]),
+             ("loopback TCP: raw pyvisa queries / ms", results["loopback"]["raw_queries_ms"]),
+             ("loopback TCP: tick / raw (target <= 1.25)", results["loopback"]["ratio"])]
     print(f"{'benchmark':44s} {'median':>12s} {'min':>12s} {'max':>12s}")
     for label, stats in rows:
         print(f"{label:44s} {stats['median']:12.2f} {stats['min']:12.2f} {stats['max']:12.2f}")

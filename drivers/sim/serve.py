@@ -1,0 +1,86 @@
+"""Serve a bench's simulated instruments over TCP, as LAN instruments serve SCPI on a raw socket.
+
+Each simulated instrument listens on its own port (line-terminated SCPI, one reply line per
+query, as on port 5025 of a LAN instrument), so any VISA client reaches it as
+`TCPIP::127.0.0.1::<port>::SOCKET`: the real drivers, pyvisa-py and the whole network path run
+exactly as on a bench, against the stack model on the wall clock. `cycler sim serve` starts it.
+
+The instruments share one simulated world, so messages are handled one at a time (a lock), as
+they would reach one bench.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from dataclasses import dataclass
+
+from .simulation import Simulation
+
+
+class _ScpiLineHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for raw in self.rfile:
+            message = raw.decode("ascii", errors="replace").rstrip("\r\n")
+            with self.server.world_lock:
+                reply = self.server.device.handle(message)
+            if reply is not None:
+                self.wfile.write(reply.encode("ascii", errors="replace") + b"\n")
+                self.wfile.flush()
+
+
+class _InstrumentServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class ServedInstrument:
+    name: str
+    port: int
+    server: _InstrumentServer
+
+    @property
+    def resource(self) -> str:
+        host = self.server.server_address[0]
+        return f"TCPIP::{host}::{self.port}::SOCKET"
+
+
+class SimulationServer:
+    """Every instrument of `simulation` on a TCP port of `host` (from `first_port` on; 0: any free port)."""
+
+    def __init__(self, simulation: Simulation, host: str = "127.0.0.1", first_port: int = 0):
+        self.simulation = simulation
+        self.world_lock = threading.Lock()
+        self.served: list[ServedInstrument] = []
+        try:
+            for k, (name, device) in enumerate(sorted(simulation.instruments.items())):
+                server = _InstrumentServer((host, first_port + k if first_port else 0), _ScpiLineHandler)
+                server.device = device
+                server.world_lock = self.world_lock
+                self.served.append(ServedInstrument(name, server.server_address[1], server))
+        except OSError:
+            self.close()
+            raise
+        self._started = False
+
+    def resources(self) -> dict[str, str]:
+        return {s.name: s.resource for s in self.served}
+
+    def start(self) -> "SimulationServer":
+        for s in self.served:
+            threading.Thread(target=s.server.serve_forever, name=f"sim-{s.name}", daemon=True).start()
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        for s in self.served:
+            if getattr(self, "_started", False):
+                s.server.shutdown()  # waits for serve_forever to return
+            s.server.server_close()
+
+    def __enter__(self) -> "SimulationServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
