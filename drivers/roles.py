@@ -104,3 +104,84 @@ class ScanningMeter(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+LoadMode = Literal["CC", "CV", "CR", "CP"]
+LOAD_MODES: tuple[LoadMode, ...] = ("CC", "CV", "CR", "CP")
+LOAD_MODE_UNITS: dict[LoadMode, str] = {"CC": "A", "CV": "V", "CR": "ohm", "CP": "W"}
+
+
+@dataclass(frozen=True)
+class LoadRatings:
+    voltage_V: float
+    current_A: float
+    power_W: float
+    max_over_voltage_V: float  # highest over-voltage protection threshold the model accepts
+    max_over_current_A: float
+    min_resistance_ohm: float  # range of the CR set value
+    max_resistance_ohm: float
+
+
+class ElectronicLoad(ABC):
+    """A DC electronic load: it only sinks. It regulates in one of its native modes: constant
+    current (CC: the current it sinks), constant voltage (CV: it sinks whatever holds the DUT at
+    the set voltage), constant resistance (CR: it sinks V/R) or constant power (CP: it sinks P/V).
+
+    Set values are magnitudes (a CC value of 2.0 sinks 2 A); measured current keeps the
+    stackcycler sign, + into the DUT, so a load's current is negative. The terminal switch is
+    its *input*; `set_output`, `output_is_on` and `output_found_on` name it as
+    BidirectionalSupply does, so the runner can switch and check either the same way.
+    """
+
+    identity: str
+    resource: str
+    input_found_on: bool = False  # whether connect() found the input on (it switches it off)
+
+    @abstractmethod
+    def connect(self) -> str:
+        """Take remote control, switch the input off, read the ratings; return the identity."""
+
+    @property
+    @abstractmethod
+    def ratings(self) -> LoadRatings: ...
+
+    @abstractmethod
+    def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
+        """Arm the instrument's own limits: the second line of defence if the host fails."""
+
+    @abstractmethod
+    def set_mode(self, mode: LoadMode, value: float) -> None:
+        """Regulate in `mode` at `value` (A, V, ohm or W, a magnitude); range-checked before anything is sent."""
+
+    @abstractmethod
+    def set_input(self, on: bool) -> None: ...
+
+    @abstractmethod
+    def input_is_on(self) -> bool: ...
+
+    @abstractmethod
+    def measure(self) -> tuple[float, float]:
+        """(terminal voltage V, current A, + = charge: negative while the load sinks)."""
+
+    @abstractmethod
+    def check_errors(self) -> None:
+        """Raise InstrumentError if the load reports a fault (protection state, lost remote control)."""
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Input off, confirmed. Raises InstrumentError only if that cannot be confirmed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release remote control and the connection (after safe_state)."""
+
+    # The terminal switch under BidirectionalSupply's names.
+    def set_output(self, on: bool) -> None:
+        self.set_input(on)
+
+    def output_is_on(self) -> bool:
+        return self.input_is_on()
+
+    @property
+    def output_found_on(self) -> bool:
+        return self.input_found_on

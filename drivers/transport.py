@@ -124,3 +124,144 @@ def open_transport(resource: str, simulated: dict[str, SimulatedDevice] | None =
             raise InstrumentError(f"{resource}: no simulated instrument '{name}'; simulated instruments: {known}")
         return InProcessTransport(simulated[name], resource)
     return VisaTransport(resource, timeout_s)
+
+
+# --- byte transports: binary frame protocols (RS-232 instruments such as the BK 8500) --------
+#
+# A binary instrument answers every fixed-length frame with one fixed-length frame and has no
+# terminator, so its driver reads an exact number of bytes. The same driver runs on:
+#
+# * `sim://NAME`: a simulated binary instrument in this process (its `receive` gets the bytes
+#   written and returns the bytes it answers, which queue up until read);
+# * a serial port through pyserial: a device path (`/dev/ttyUSB0`, `COM3`), the VISA spelling
+#   of one (`ASRL/dev/ttyUSB0::INSTR`, `ASRLCOM3::INSTR`), or a pyserial URL (`socket://host:port`,
+#   `rfc2217://host:port`), 8 data bits, no parity, one stop bit, no flow control.
+
+DEFAULT_BAUD_RATE = 9600
+
+
+class ByteTransport(Protocol):
+    resource: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def read(self, n: int) -> bytes:
+        """Exactly `n` bytes; InstrumentTimeout if fewer arrive in time (the partial bytes are dropped)."""
+
+    def discard_input(self) -> None:
+        """Drop whatever has arrived unread (a late or stray reply), so the next read starts afresh."""
+
+    def close(self) -> None: ...
+
+
+class SimulatedByteDevice(Protocol):
+    def receive(self, data: bytes) -> bytes:
+        """Take the bytes the host wrote; return the bytes the device answers (possibly none)."""
+
+
+class InProcessByteTransport:
+    """Talks to a simulated binary instrument object in this process, with a serial port's
+    semantics: replies queue up as bytes, a read of more than is queued times out."""
+
+    def __init__(self, device: SimulatedByteDevice, resource: str):
+        self.device = device
+        self.resource = resource
+        self._pending = bytearray()
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InstrumentError(f"{self.resource}: transport is closed")
+
+    def write(self, data: bytes) -> None:
+        self._check_open()
+        self._pending += self.device.receive(bytes(data))
+
+    def read(self, n: int) -> bytes:
+        self._check_open()
+        if len(self._pending) < n:
+            got = len(self._pending)
+            self._pending.clear()
+            raise InstrumentTimeout(f"{self.resource}: no complete reply (timeout after {got} of {n} bytes)")
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        return data
+
+    def discard_input(self) -> None:
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def serial_port_of(resource: str) -> str:
+    """The pyserial port of a resource: 'ASRL/dev/ttyUSB0::INSTR' -> '/dev/ttyUSB0', 'ASRLCOM3::INSTR'
+    -> 'COM3'; a device path or a pyserial URL as it is."""
+    if resource.upper().startswith("ASRL") and resource.upper().endswith("::INSTR"):
+        return resource[len("ASRL"):-len("::INSTR")]
+    return resource
+
+
+class SerialByteTransport:
+    """A serial port through pyserial; a port that cannot be opened or fails is an
+    InstrumentLinkError, a reply that does not arrive in full an InstrumentTimeout."""
+
+    def __init__(self, resource: str, baud_rate: int = DEFAULT_BAUD_RATE, timeout_s: float = DEFAULT_TIMEOUT_S):
+        import serial  # pyserial; imported here so that simulated benches never need a serial port
+
+        self.resource = resource
+        self._serial_errors = (serial.SerialException, OSError, ValueError)
+        self._write_timeout = serial.SerialTimeoutException
+        try:
+            self._port = serial.serial_for_url(
+                serial_port_of(resource), baudrate=baud_rate, bytesize=serial.EIGHTBITS,
+                parity=serial.PARITY_NONE, stopbits=serial.STOPBITS_ONE, xonxoff=False, rtscts=False,
+                dsrdtr=False, timeout=timeout_s, write_timeout=timeout_s)
+        except self._serial_errors as error:
+            raise InstrumentLinkError(f"{resource}: cannot open the serial port ({error})") from error
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except self._write_timeout as error:
+            raise InstrumentTimeout(f"{self.resource}: write timed out ({error})") from error
+        except self._serial_errors as error:
+            raise InstrumentLinkError(f"{self.resource}: serial port failed ({error})") from error
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self._port.read(n)  # pyserial's timeout bounds the whole read, not each byte
+        except self._serial_errors as error:
+            raise InstrumentLinkError(f"{self.resource}: serial port failed ({error})") from error
+        if len(data) < n:
+            raise InstrumentTimeout(f"{self.resource}: no complete reply (timeout after {len(data)} of {n} bytes)")
+        return bytes(data)
+
+    def discard_input(self) -> None:
+        try:
+            self._port.reset_input_buffer()
+        except self._serial_errors as error:
+            raise InstrumentLinkError(f"{self.resource}: serial port failed ({error})") from error
+
+    def close(self) -> None:
+        try:
+            self._port.close()
+        except self._serial_errors:
+            pass
+
+
+def open_byte_transport(resource: str, simulated: dict | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                        baud_rate: int = DEFAULT_BAUD_RATE) -> ByteTransport:
+    """`sim://NAME` (a simulated binary instrument) or a serial port (see above)."""
+    if resource.startswith(SIM_SCHEME):
+        name = resource[len(SIM_SCHEME):]
+        if not simulated or name not in simulated:
+            known = ", ".join(sorted(simulated or {})) or "none (this bench has no simulation block)"
+            raise InstrumentError(f"{resource}: no simulated instrument '{name}'; simulated instruments: {known}")
+        device = simulated[name]
+        if not callable(getattr(device, "receive", None)):
+            raise InstrumentError(f"{resource}: simulated instrument '{name}' speaks text (SCPI), "
+                                  "not binary frames; is the driver right for it?")
+        return InProcessByteTransport(device, resource)
+    return SerialByteTransport(resource, baud_rate, timeout_s)
