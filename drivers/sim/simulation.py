@@ -14,11 +14,20 @@ from ..scpi import parse_channel_list
 from ..sensors import PressureFixture
 from .daq970a import Daq970aSimConfig, SimDaq970a
 from .ea_psb import EaPsbSimConfig, SimEaPsb
+from .keithley_smu import Keithley2400SimConfig, Keithley2450SimConfig, SimKeithley2400, SimKeithley2450
 from .scpi import ScpiInstrument
 from .stack import StackModel, StackParameters
 from .world import SimWorld
 
-SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Daq970aSimConfig], Field(discriminator="kind")]
+SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Keithley2450SimConfig, Keithley2400SimConfig, Daq970aSimConfig],
+                               Field(discriminator="kind")]
+
+# The simulator behind each supply configuration (the DAQ, wired to several stacks, is built apart).
+SUPPLY_SIMULATORS: dict[type, type] = {
+    EaPsbSimConfig: SimEaPsb,
+    Keithley2450SimConfig: SimKeithley2450,
+    Keithley2400SimConfig: SimKeithley2400,
+}
 
 MAIN_STACK = "main"
 
@@ -94,5 +103,5 @@ def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
             instruments[name] = SimDaq970a(worlds[instrument.stack], name, instrument,
                                            {stack: worlds[stack] for stack in instrument.more_stacks})
         else:
-            instruments[name] = SimEaPsb(worlds[instrument.stack], name, instrument)
+            instruments[name] = SUPPLY_SIMULATORS[type(instrument)](worlds[instrument.stack], name, instrument)
     return Simulation(worlds, instruments)
