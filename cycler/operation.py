@@ -167,6 +167,8 @@ def status_lines(run: RunState) -> list[str]:
     """One run, as `cycler status RUN` shows it."""
     meta, status = run.meta, run.status or {}
     lines = [f"run: {run.folder}", f"state: {run.state}" + (f" ({meta.get('reason')})" if meta.get("reason") else "")]
+    if not run.alive and meta.get("result"):
+        lines.append(f"result: {meta['result']}")
     if run.state in ("paused", "suspended"):
         lines.append("held by: " + "; ".join(f"{who}: {why}" for who, why in status.get("held_by", {}).items()))
     if not status:

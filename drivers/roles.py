@@ -21,7 +21,7 @@ class SupplyRatings:
 
 
 class BidirectionalSupply(ABC):
-    """A DC supply that both sources and sinks (regenerative supply, two-quadrant SMU).
+    """A DC supply that both sources and sinks (regenerative supply, four-quadrant SMU).
 
     Its one control law is voltage priority with two current clamps: it holds `voltage_V`
     while the current stays within [-sink_limit_A, +source_limit_A], and otherwise holds the
@@ -59,7 +59,9 @@ class BidirectionalSupply(ABC):
 
     @abstractmethod
     def measure(self) -> tuple[float, float]:
-        """(terminal voltage V, current A, + = charge)."""
+        """(terminal voltage V, current A, + = charge). Also with the output "off": the runner
+        reads the DUT at every tick, rests included (an SMU that cannot measure with its output
+        off keeps it on at a negligible current limit instead; see keithley_smu.py)."""
 
     @abstractmethod
     def check_errors(self) -> None: ...
