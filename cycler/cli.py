@@ -15,6 +15,7 @@ from stackcycler import __version__
 from stackcycler.protocols import builtin_protocols, load_protocol
 
 from .bench import builtin_benches, load_bench
+from .check import CHECK_EXIT_HELP, check_command
 from .errors import EXIT_CODE_HELP, ExitCode, StackcyclerError
 from .live import LiveReporter, PlainReporter
 from .operation import find_run, list_runs, run_state, send_request, status_lines, status_table
@@ -336,6 +337,25 @@ def status(run_name, runs_dir, as_json):
         console.print(line, markup=False)
 
 
+@main.command(epilog=CHECK_EXIT_HELP)
+@click.argument("run_name", metavar="RUN")
+@click.option("--expect", "expectations", multiple=True, required=True, metavar="NAME=VALUE",
+              help="An expected result, repeatable: capacity_Ah=2.0±2%, energy_Wh=179+-1, "
+                   "coulombic_efficiency>=0.99, state=completed.")
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON, for scripts.")
+@click.option("--newest", is_flag=True, help="If RUN names several runs, check the newest (for nightly jobs).")
+def check(run_name, expectations, runs_dir, as_json, newest):
+    """Check a finished RUN's results against expected values (a regression check for nightly runs).
+
+    RUN is a run folder, or a piece of its name as `cycler status` lists it. Capacity, energy and
+    efficiencies are those of the last cycle that discharged, as the run's one-line result reports."""
+    code, lines = check_command(run_name, expectations, runs_dir, as_json, newest)
+    for line in lines:
+        click.echo(line, err=code == 2)
+    sys.exit(code)
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)
@@ -455,3 +475,143 @@ def benches():
         except (StackcyclerError, IndexError):
             description = ""
         console.print(f"{name:24s} {description}")
+
+
+# --- the test queue (issue 7): what runs through the night -------------------------------------
+
+QUEUE_EXIT_HELP = EXIT_CODE_HELP + """
+
+\b
+`cycler queue run` exits with the most serious ending among the items it ran
+(a trip before a fault before ...), 130 if it was stopped, 2 if another worker runs the queue."""
+
+
+def _queue(runs_dir: Path):
+    from .queue import TestQueue
+
+    return TestQueue(runs_dir)
+
+
+def _stamped(text: str) -> None:
+    from datetime import datetime, timezone
+
+    print(f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} {text}", flush=True)
+
+
+@main.group("queue", epilog=QUEUE_EXIT_HELP)
+def queue_group() -> None:
+    """The test queue: load the evening's tests, let a worker run them through the night.
+
+    The queue lives in <runs-dir>/queue.sqlite and survives a reboot; every item is validated
+    against its bench when it is added."""
+
+
+@queue_group.command("add", epilog=QUEUE_EXIT_HELP)
+@click.argument("protocol")
+@click.option("--bench", required=True, help="Built-in bench name or bench file (YAML).")
+@channel_option
+@click.option("--dut-id", default=None, help="Identifier of the DUT on the channel (default: from the bench).")
+@set_option
+@click.option("--after", type=int, default=None, metavar="ID", help="Start only once item ID has completed.")
+@click.option("--at", "at_text", default=None, metavar="HH:MM|ISO",
+              help="Earliest start: 22:00 (the next time the clock shows it) or an ISO time.")
+@click.option("--on-failure", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="stop: a failure skips the items still queued for this bench and channel; skip: go on.")
+@runs_dir_option
+def queue_add(protocol, bench, channel, dut_id, overrides, after, at_text, on_failure, runs_dir):
+    """Queue PROTOCOL on a bench, checked now exactly as `cycler run` would check it."""
+    from .queue import item_line, parse_at
+
+    try:
+        at = parse_at(at_text) if at_text is not None else None
+        item = _queue(runs_dir).add(protocol, bench, channel, dut_id, _overrides(overrides), after, at, on_failure)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    console.print(f"queued item {item.id}", markup=False)
+    console.print(item_line(item), markup=False)
+
+
+def _print_lines(lines: list[str], when_none: str) -> None:
+    for line in lines or [when_none]:
+        console.print(line, markup=False)
+
+
+@queue_group.command("list")
+@runs_dir_option
+def queue_list(runs_dir):
+    """The running item and the queued ones, in the order they start (id, position, state, ...)."""
+    from .queue import item_line
+
+    _print_lines([item_line(item) for item in _queue(runs_dir).pending()], "the queue is empty")
+
+
+@queue_group.command("remove")
+@click.argument("item_id", type=int, metavar="ID")
+@runs_dir_option
+def queue_remove(item_id, runs_dir):
+    """Take queued item ID out of the queue (it stays in the history as removed)."""
+    try:
+        item = _queue(runs_dir).remove(item_id)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    console.print(f"removed item {item.id} ({item.describe()})", markup=False)
+
+
+@queue_group.command("move")
+@click.argument("item_id", type=int, metavar="ID")
+@click.option("--to", "position", type=int, required=True, metavar="N", help="New position (1 = next to start).")
+@runs_dir_option
+def queue_move(item_id, position, runs_dir):
+    """Move queued item ID to position N; the others keep their order."""
+    from .queue import item_line
+
+    try:
+        items = _queue(runs_dir).move(item_id, position)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    for item in items:
+        console.print(item_line(item), markup=False)
+
+
+@queue_group.command("history")
+@runs_dir_option
+def queue_history(runs_dir):
+    """Items that have ended, with their run folders and reasons, oldest first."""
+    from .queue import history_line
+
+    _print_lines([history_line(item) for item in _queue(runs_dir).history()], "no item has ended yet")
+
+
+@queue_group.command("run", epilog=QUEUE_EXIT_HELP)
+@click.option("--bench", default=None, help="Run only this bench's items (default: every bench's).")
+@click.option("--until-empty", is_flag=True, help="Return when nothing is left that may start (for cron and CI).")
+@click.option("--speed", default=None, metavar="max|N",
+              help="Simulated benches only: 'max' (default) runs as fast as possible, 1 in real time, N times faster.")
+@runs_dir_option
+def queue_run(bench, until_empty, speed, runs_dir):
+    """Work through the queue: each item in order as its start time and dependency allow, run
+    exactly as `cycler run` runs it. One worker per queue; Ctrl+C or SIGTERM stops the item
+    running (safe state) and the worker."""
+    from .queue import history_line
+
+    stop = StopRequest()
+    try:
+        with stop_on_signals(stop):
+            report = _queue(runs_dir).run(bench=bench, until_empty=until_empty,
+                                          speed=_speed(speed) if speed is not None else None, stop=stop,
+                                          log=_stamped)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    for item in report.ran:
+        console.print(history_line(item), markup=False)
+    if report.left:
+        console.print(f"left in the queue: {len(report.left)} item(s)", markup=False)
+        for item, why in report.left:
+            console.print(f"  item {item.id} ({item.describe()}): waits {why}", markup=False)
+    elif not report.stopped:
+        console.print("the queue is empty", markup=False)
+    sys.exit(int(report.exit_code))

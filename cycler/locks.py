@@ -28,7 +28,7 @@ LOCK_DIR_ENV = "CYCLER_LOCK_DIR"
 if os.name == "nt":  # pragma: no cover - CI runs Linux; bench PCs may run Windows
     import msvcrt
 
-    def _try_lock(descriptor: int) -> bool:
+    def try_lock(descriptor: int) -> bool:
         try:
             os.lseek(descriptor, 0, os.SEEK_SET)
             msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
@@ -38,7 +38,7 @@ if os.name == "nt":  # pragma: no cover - CI runs Linux; bench PCs may run Windo
 else:
     import fcntl
 
-    def _try_lock(descriptor: int) -> bool:
+    def try_lock(descriptor: int) -> bool:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
@@ -74,14 +74,14 @@ class InstrumentLocks:
             pass  # another user made it; it is theirs to chmod, and usable
         path = lock_path(resource, self.folder)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        if not _try_lock(descriptor):
-            previous = _read_holder(descriptor)
+        if not try_lock(descriptor):
+            previous = read_holder(descriptor)
             os.close(descriptor)
             who = previous.get("holder", "another program")
             raise InstrumentBusy(f"instrument '{name}' ({resource}) is in use by {who} (pid {previous.get('pid', '?')} "
                                  f"on {previous.get('host', '?')}, since {previous.get('since', '?')}); "
                                  "nothing was sent to it. Wait for that run to end, or stop it with `cycler stop`.")
-        previous = _read_holder(descriptor)
+        previous = read_holder(descriptor)
         if previous.get("pid") and previous.get("host") == this_host() and not process_alive(previous["pid"]):
             self.stale.append(f"{resource}: left by {previous.get('holder', '?')} (pid {previous['pid']}, gone)")
         self._held[resource] = descriptor
@@ -112,7 +112,7 @@ class InstrumentLocks:
         self.release_all()
 
 
-def _read_holder(descriptor: int) -> dict:
+def read_holder(descriptor: int) -> dict:
     try:
         os.lseek(descriptor, 0, os.SEEK_SET)
         return json.loads(os.read(descriptor, 4096).decode() or "{}")

@@ -144,15 +144,15 @@ class ControlInbox:
         return message["request"], message["id"]
 
 
-def find_run(name: str, runs_dir: Path) -> Path:
+def find_run(name: str, runs_dir: Path, newest: bool = False) -> Path:
     """A run folder from what a technician types: its path, its name in the runs folder, or a
-    piece of its name that only one run has."""
+    piece of its name that only one run has (`newest`: the newest of the runs that have it)."""
     for candidate in (Path(name), runs_dir / name):
         if (candidate / METADATA_FILE).is_file():
             return candidate
     matches = [run.folder for run in list_runs(runs_dir) if name in run.folder.name]
-    if len(matches) == 1:
-        return matches[0]
+    if len(matches) == 1 or matches and newest:
+        return matches[-1]  # run folders are named by their start time: sorted, the newest is last
     if not matches:
         raise InvalidInput(f"no run '{name}' in {runs_dir} (give a run folder, or see `cycler status`)")
     raise InvalidInput(f"'{name}' matches {len(matches)} runs in {runs_dir}: "

@@ -36,8 +36,9 @@ from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
 from .operation import this_host
 from .control import control_for, rating_problems
-from .errors import InvalidInput, StorageFailure, UnreadableInput
+from .errors import InvalidInput, StackcyclerError, StorageFailure, UnreadableInput
 from .locks import InstrumentLocks
+from .notify import event_from_run, load_config, notify, run_events_logger
 from .plan import Plan, PlannedStep, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
 from .safety import SafetyEnvelope
@@ -336,7 +337,20 @@ def _summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
                               .to_dict(orient="records"), **outcome.details)
     except (OSError, StorageFailure):
         pass  # the outcome already says the folder could not be written; what is there stays readable
+    _notify_end(store.folder, outcome)
     return RunResult(outcome, line, opened.simulation, runner.finished_at_s)
+
+
+def _notify_end(folder: Path, outcome: RunOutcome) -> None:
+    """The notifications of notify.yaml (beside the runs folder), once the outputs are off; a
+    notification that fails, or a bad notify.yaml, is logged in the run's events, never raised."""
+    log = run_events_logger(folder)
+    try:
+        config = load_config(folder.parent)
+    except StackcyclerError as error:
+        log(f"notification settings: {error}")
+        return
+    notify(event_from_run(folder, outcome.state, outcome.reason), config, log)
 
 
 def execute(prepared: PreparedRun, reporter: ProgressReporter, stop: StopRequest | None = None) -> RunResult:
