@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -492,10 +493,30 @@ def _queue(runs_dir: Path):
     return TestQueue(runs_dir)
 
 
-def _stamped(text: str) -> None:
-    from datetime import datetime, timezone
+WORKER_LOG = "queue-worker.log"  # in the runs folder; rotated at 1 MB, five kept
 
-    print(f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} {text}", flush=True)
+
+def _worker_log(runs_dir: Path):
+    """The worker's lines: timestamped on standard output and in a rotating log file."""
+    import logging
+    from datetime import datetime, timezone
+    from logging.handlers import RotatingFileHandler
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"stackcycler.queue.{runs_dir.resolve()}")
+    if not logger.handlers:
+        handler = RotatingFileHandler(runs_dir / WORKER_LOG, maxBytes=1_000_000, backupCount=5, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+    def log(text: str) -> None:
+        line = f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} pid {os.getpid()} {text}"
+        print(line, flush=True)
+        logger.info(line)
+
+    return log
 
 
 @main.group("queue", epilog=QUEUE_EXIT_HELP)
@@ -598,11 +619,12 @@ def queue_run(bench, until_empty, speed, runs_dir):
     from .queue import history_line
 
     stop = StopRequest()
+    log = _worker_log(runs_dir)
     try:
         with stop_on_signals(stop):
             report = _queue(runs_dir).run(bench=bench, until_empty=until_empty,
                                           speed=_speed(speed) if speed is not None else None, stop=stop,
-                                          log=_stamped)
+                                          log=log)
     except StackcyclerError as error:
         _fail(error)
         return

@@ -235,6 +235,9 @@ def test_a_night_of_five_protocols_completes_with_five_run_folders_and_a_history
     lines = history.splitlines()
     assert [line.split()[:2] for line in lines] == [[str(n), "completed"] for n in range(1, 6)]
     assert {line.split("  run ")[1].split()[0] for line in lines} == {str(f.resolve()) for f in folders}
+    worker_log = (tmp_path / "runs" / "queue-worker.log").read_text().splitlines()  # the night, for the morning
+    assert sum(": start " in line for line in worker_log) == 5
+    assert sum(": completed, run folder " in line for line in worker_log) == 5
 
 
 def test_the_queue_database_is_sqlite_in_wal_mode_beside_the_runs(queue):
