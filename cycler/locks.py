@@ -94,11 +94,7 @@ class InstrumentLocks:
             self._write_holder(descriptor)
 
     def _write_holder(self, descriptor: int) -> None:
-        record = json.dumps({"holder": self.holder, "pid": os.getpid(), "host": this_host(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-        os.ftruncate(descriptor, 0)
-        os.lseek(descriptor, 0, os.SEEK_SET)
-        os.write(descriptor, record)
+        write_holder(descriptor, self.holder)
 
     def release_all(self) -> None:
         for descriptor in self._held.values():
@@ -110,6 +106,15 @@ class InstrumentLocks:
 
     def __exit__(self, *exc) -> None:
         self.release_all()
+
+
+def write_holder(descriptor: int, holder: str) -> None:
+    """Say in a lock file who holds it (for the message a second comer gets)."""
+    record = json.dumps({"holder": holder, "pid": os.getpid(), "host": this_host(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    os.ftruncate(descriptor, 0)
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    os.write(descriptor, record)
 
 
 def read_holder(descriptor: int) -> dict:

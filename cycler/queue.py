@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from .errors import ExitCode, InvalidInput, StackcyclerError
 from .live import PlainReporter
-from .locks import read_holder, try_lock
+from .locks import read_holder, try_lock, write_holder
 from .notify import load_config, notify, queue_stalled_event
 from .operation import this_host
 from .runner import ProgressReporter, StopRequest
@@ -358,11 +358,7 @@ class TestQueue:
                 raise QueueBusy(f"{self.path}: a worker already runs this queue (pid {first.get('pid', '?')} on "
                                 f"{first.get('host', '?')}, since {first.get('since', '?')}); one worker per "
                                 "queue. Stop that one first, or leave it to run the queue.")
-            record = json.dumps({"pid": os.getpid(), "host": this_host(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-            os.ftruncate(descriptor, 0)
-            os.lseek(descriptor, 0, os.SEEK_SET)
-            os.write(descriptor, record)
+            write_holder(descriptor, "the queue worker")
             yield
         finally:
             os.close(descriptor)  # releases the lock
