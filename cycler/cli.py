@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -558,13 +559,24 @@ def _print_lines(lines: list[str], when_none: str) -> None:
         console.print(line, markup=False)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the items as JSON, for scripts.")
+
+
+def _print_items(items, line, when_none: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([dataclasses.asdict(item) for item in items], indent=1))
+    else:
+        _print_lines([line(item) for item in items], when_none)
+
+
 @queue_group.command("list")
 @runs_dir_option
-def queue_list(runs_dir):
+@json_option
+def queue_list(runs_dir, as_json):
     """The running item and the queued ones, in the order they start (id, position, state, ...)."""
     from .queue import item_line
 
-    _print_lines([item_line(item) for item in _queue(runs_dir).pending()], "the queue is empty")
+    _print_items(_queue(runs_dir).pending(), item_line, "the queue is empty", as_json)
 
 
 @queue_group.command("remove")
@@ -599,11 +611,12 @@ def queue_move(item_id, position, runs_dir):
 
 @queue_group.command("history")
 @runs_dir_option
-def queue_history(runs_dir):
+@json_option
+def queue_history(runs_dir, as_json):
     """Items that have ended, with their run folders and reasons, oldest first."""
     from .queue import history_line
 
-    _print_lines([history_line(item) for item in _queue(runs_dir).history()], "no item has ended yet")
+    _print_items(_queue(runs_dir).history(), history_line, "no item has ended yet", as_json)
 
 
 @queue_group.command("run", epilog=QUEUE_EXIT_HELP)

@@ -245,3 +245,15 @@ def test_the_queue_database_is_sqlite_in_wal_mode_beside_the_runs(queue):
     connection = sqlite3.connect(queue.runs_dir / "queue.sqlite")
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     connection.close()
+
+
+def test_list_and_history_as_json_for_scripts(tmp_path):
+    args = ["--runs-dir", str(tmp_path / "runs")]
+    quick = [arg for name, value in QUICK.items() for arg in ("--set", f"{name}={value}")]
+    assert cycler("queue", "add", "capacity-check", "--bench", "sim", *args, *quick, cwd=tmp_path)[0] == 0
+    listed = json.loads(cycler("queue", "list", "--json", *args, cwd=tmp_path)[1])
+    assert [(item["id"], item["state"], item["protocol"], item["bench"]) for item in listed] == [
+        (1, "queued", "capacity-check", "sim")]
+    assert cycler("queue", "run", "--until-empty", *args, cwd=tmp_path)[0] == 0
+    history = json.loads(cycler("queue", "history", "--json", *args, cwd=tmp_path)[1])
+    assert history[0]["state"] == "completed" and Path(history[0]["run_folder"]).is_dir()
