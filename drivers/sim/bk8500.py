@@ -44,7 +44,7 @@ from ..bk8500 import (COUNTS_PER_A, COUNTS_PER_OHM, COUNTS_PER_V, COUNTS_PER_W, 
                       STATUS_REPLY, STATUS_UNRECOGNIZED_COMMAND, U32_MAX, Code, checksum, encode_frame, read_u32,
                       u8, u32)
 from ..roles import LoadMode, LoadRatings
-from .world import SimWorld
+from .world import KeepsSettings, SimWorld
 
 BROADCAST_ADDRESS = 0xFF  # IT8500+ broadcast, answered by any address (sigrok probes with it)
 CALIBRATION_CODES = range(0x60, 0x6A)
@@ -105,7 +105,7 @@ def _frame_command(code: Code, setting: bool):
     return register
 
 
-class SimBk8500:
+class SimBk8500(KeepsSettings):
     def __init__(self, world: SimWorld, name: str, config: Bk8500SimConfig):
         self.world = world
         self.name = name
@@ -133,15 +133,6 @@ class SimBk8500:
         self.sink_A = 0.0  # the current it sinks at the present operating point
 
     _STATE = ("remote", "input_on", "mode", "cc_A", "cv_V", "cw_W", "cr_ohm", "max_V", "max_A", "max_W", "latched")
-
-    def snapshot(self) -> dict:
-        """Its settings: a real load keeps them, and its input state, when the host crashes."""
-        return {name: getattr(self, name) for name in self._STATE}
-
-    def restore(self, state: dict) -> None:
-        for name in self._STATE:
-            setattr(self, name, state[name])
-        self.world.settings_changed()
 
     # --- physics: what the load does to the DUT -------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import SimWorld
+from .world import KeepsSettings, SimWorld
 
 # EA datasheets give set-value ranges of 0..102 % and protection ranges of 0..110 % of the
 # nominal rating. [uncertain: checked against PSB 9000 datasheets, not a PSB 10000 one]
@@ -48,7 +48,7 @@ class EaPsbSimConfig(BaseModel):
     current_offset_A: float = 0.0
 
 
-class SimEaPsb(ScpiInstrument):
+class SimEaPsb(KeepsSettings, ScpiInstrument):
     OPC_SUPPORTED = False  # a real PSB 10080-60 does not implement *OPC? (instro hardware tests)
 
     def __init__(self, world: SimWorld, name: str, config: EaPsbSimConfig):
@@ -83,15 +83,6 @@ class SimEaPsb(ScpiInstrument):
 
     _STATE = ("remote", "output_on", "alarm", "voltage_V", "source_current_A", "sink_current_A", "source_power_W",
               "sink_power_W", "ovp_V", "ocp_A", "opp_W")
-
-    def snapshot(self) -> dict:
-        """Its settings: a real supply keeps them, and its output, when the host crashes."""
-        return {name: getattr(self, name) for name in self._STATE}
-
-    def restore(self, state: dict) -> None:
-        for name in self._STATE:
-            setattr(self, name, state[name])
-        self.world.settings_changed()
 
     # --- physics: what the unit does to the DUT ----------------------------------------
 

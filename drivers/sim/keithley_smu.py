@@ -37,7 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .scpi import STANDARD_ERRORS, ScpiError, ScpiInstrument, scpi
-from .world import SimWorld
+from .world import KeepsSettings, SimWorld
 
 MAX_VOLTAGE_V = 210.0
 MAX_CURRENT_A = 1.05
@@ -77,7 +77,7 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-class _SimKeithleySmu(ScpiInstrument):
+class _SimKeithleySmu(KeepsSettings, ScpiInstrument):
     CURRENT_RANGES_A: tuple[float, ...] = ()
     VOLTAGE_RANGES_V: tuple[float, ...] = ()
     OFF_LIMIT_FRACTION = 0.0  # of the present range, in the NORMal and GUARd off states
@@ -105,15 +105,6 @@ class _SimKeithleySmu(ScpiInstrument):
 
     _STATE = ("output_on", "off_state", "source_function", "voltage_V", "current_level_A", "current_limit_A",
               "voltage_limit_V", "ovp_V")
-
-    def snapshot(self) -> dict:
-        """Its settings: a real SMU keeps them, and its output, when the host crashes."""
-        return {name: getattr(self, name) for name in self._STATE}
-
-    def restore(self, state: dict) -> None:
-        for name in self._STATE:
-            setattr(self, name, state[name])
-        self.world.settings_changed()
 
     def handle(self, message: str) -> str | None:
         self.world.sync()

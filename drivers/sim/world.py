@@ -33,6 +33,22 @@ class TerminalSource(Protocol):
         """Current (A, + = charge) it drives into a Thevenin source `emf_V` behind `resistance_ohm`."""
 
 
+class KeepsSettings:
+    """A simulated instrument whose settings (`_STATE`, the attribute names) outlive a host crash,
+    as a real one's do: they go into the simulation's snapshot and come back from it."""
+
+    _STATE: tuple[str, ...] = ()
+    world: "SimWorld"
+
+    def snapshot(self) -> dict:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def restore(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.world.settings_changed()  # the current settles to the restored settings at the next sync
+
+
 class SimWorld:
     def __init__(self, stack: StackModel, clock: Clock, fixture: PressureFixture | None = None, seed: int = 1):
         self.stack = stack
