@@ -9,6 +9,7 @@ current is integrated from the rows (trapezoid, split at zero crossings).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,16 +93,21 @@ def cycle_summary(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).rename(columns=SUMMARY_COLUMNS)
 
 
+def reported_cycle(charges_Ah: Sequence[float], discharges_Ah: Sequence[float]) -> int | None:
+    """Index of the cycle a run's result reports: the last that discharged more than the
+    zero-current noise of rests does (1 % of the largest charge of any cycle); None if none did."""
+    noise = 0.01 * max(charges_Ah, default=0.0)
+    discharged = [k for k, discharge in enumerate(discharges_Ah) if discharge > noise]
+    return discharged[-1] if discharged else None
+
+
 def result_line(summary: pd.DataFrame) -> str:
-    """The one-line result of a run: the last cycle that discharged (more than the zero-current
-    noise of rests does: 1 % of the largest charge of any cycle)."""
-    discharge = summary[SUMMARY_COLUMNS["discharge_capacity_Ah"]]
-    noise = 0.01 * summary[SUMMARY_COLUMNS["charge_capacity_Ah"]].max() if len(summary) else 0.0
-    discharged = summary[discharge > noise]
-    if discharged.empty:
-        charged = summary[SUMMARY_COLUMNS["charge_capacity_Ah"]].sum() if len(summary) else 0.0
-        return f"no discharge recorded; charged {charged:.4f} Ah"
-    last = discharged.iloc[-1]
+    """The one-line result of a run: the cycle `reported_cycle` picks."""
+    charges = summary[SUMMARY_COLUMNS["charge_capacity_Ah"]]
+    index = reported_cycle(charges.dropna().tolist(), summary[SUMMARY_COLUMNS["discharge_capacity_Ah"]].tolist())
+    if index is None:
+        return f"no discharge recorded; charged {charges.sum():.4f} Ah"
+    last = summary.iloc[index]
     ce = last[SUMMARY_COLUMNS["coulombic_efficiency"]]
     ce_text = f"{ce * 100:.2f} %" if np.isfinite(ce) else "n/a (no charge in the cycle)"
     return (f"discharge capacity {last[SUMMARY_COLUMNS['discharge_capacity_Ah']]:.4f} Ah · "

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import analysis
 from .errors import StackcyclerError
 from .operation import find_run
 from .store import METADATA_FILE
@@ -113,13 +114,10 @@ def _number(text: str, expectation: str, what: str) -> float:
 
 
 def reported_cycle(summary: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The cycle the one-line result reports: the last one that discharged more than the rests'
-    zero-current noise (1 % of the largest charge of any cycle). Same rule as `result_line`."""
-    if not summary:
-        return None
-    noise = 0.01 * max(_finite(row.get("charge_capacity_Ah")) for row in summary)
-    discharged = [row for row in summary if _finite(row.get("discharge_capacity_Ah")) > noise]
-    return discharged[-1] if discharged else None
+    """The cycle of run.json's summary that the one-line result reports (analysis.reported_cycle)."""
+    index = analysis.reported_cycle([_finite(row.get("charge_capacity_Ah")) for row in summary],
+                                    [_finite(row.get("discharge_capacity_Ah")) for row in summary])
+    return None if index is None else summary[index]
 
 
 def _finite(value: Any) -> float:

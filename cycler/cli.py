@@ -18,7 +18,7 @@ from stackcycler.protocols import builtin_protocols, load_protocol
 
 from .bench import builtin_benches, load_bench
 from .check import CHECK_EXIT_HELP, check_command
-from .errors import EXIT_CODE_HELP, ExitCode, StackcyclerError
+from .errors import EXIT_CODE_HELP, ExitCode, StackcyclerError, most_serious
 from .live import LiveReporter, PlainReporter
 from .operation import find_run, list_runs, run_state, send_request, status_lines, status_table
 from .errors import InvalidInput, UnreadableInput
@@ -128,12 +128,7 @@ def run(protocols, bench, channels, speed, runs_dir, operator, dut_id, overrides
         sys.exit(int(ExitCode.INTERRUPTED))
     for channel_result in results:
         _report(channel_result, leave=False)
-    # the most serious ending decides: a trip on any channel is what a script must see first
-    sys.exit(int(max((r.outcome.exit_code for r in results), key=SEVERITY.index)))
-
-
-SEVERITY = [ExitCode.COMPLETED, ExitCode.INTERRUPTED, ExitCode.INVALID_INPUT, ExitCode.SOFTWARE_ERROR,
-            ExitCode.STORAGE_FAILURE, ExitCode.INSTRUMENT_FAULT, ExitCode.SAFETY_TRIP]
+    sys.exit(int(most_serious(r.outcome.exit_code for r in results)))
 
 
 def _channel_assignments(protocols: tuple[str, ...], channels: tuple[str, ...], bench: str) -> list[tuple]:

@@ -19,6 +19,18 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl+C or SIGTERM: outputs off, data up to the signal kept
 
 
+
+# Least to most serious: when several runs end together (channels, a queue's night), the most
+# serious ending is the exit code, so that a trip anywhere is what a script sees.
+SEVERITY = (ExitCode.COMPLETED, ExitCode.INTERRUPTED, ExitCode.INVALID_INPUT, ExitCode.SOFTWARE_ERROR,
+            ExitCode.STORAGE_FAILURE, ExitCode.INSTRUMENT_FAULT, ExitCode.SAFETY_TRIP)
+
+
+def most_serious(codes) -> ExitCode:
+    """The most serious of exit codes (COMPLETED for none)."""
+    return max((ExitCode(code) for code in codes), key=SEVERITY.index, default=ExitCode.COMPLETED)
+
+
 EXIT_CODE_HELP = """\b
 Exit codes:
   0    completed

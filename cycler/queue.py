@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ExitCode, InvalidInput, StackcyclerError
+from .errors import ExitCode, InvalidInput, StackcyclerError, most_serious
 from .live import PlainReporter
 from .locks import read_holder, try_lock, write_holder
 from .notify import load_config, notify, queue_stalled_event
@@ -115,12 +115,7 @@ class WorkerReport:
     def exit_code(self) -> ExitCode:
         if self.stopped:
             return ExitCode.INTERRUPTED
-        codes = [ExitCode(item_exit) for item_exit in (_state_code(i) for i in self.ran)]
-        return max(codes, key=_SEVERITY.index, default=ExitCode.COMPLETED)
-
-
-_SEVERITY = [ExitCode.COMPLETED, ExitCode.INTERRUPTED, ExitCode.INVALID_INPUT, ExitCode.SOFTWARE_ERROR,
-             ExitCode.STORAGE_FAILURE, ExitCode.INSTRUMENT_FAULT, ExitCode.SAFETY_TRIP]
+        return most_serious(_state_code(item) for item in self.ran)
 
 
 def _state_code(item: Item) -> int:
