@@ -92,6 +92,14 @@ def list_runs(runs_dir: Path) -> list[RunState]:
     return found
 
 
+def post_request(folder: Path, request: str) -> str:
+    """Leave `request` in the run's control.json for the runner to pick up; returns its id."""
+    identifier = uuid.uuid4().hex
+    atomic_write_text(folder / CONTROL_FILE, json.dumps({"request": request, "id": identifier,
+                                                        "sent_unix_s": time.time()}) + "\n")
+    return identifier
+
+
 def send_request(folder: Path, request: str, wait_s: float = 5.0) -> dict[str, Any]:
     """Ask a running run to pause, continue or stop; wait for its acknowledgement."""
     if request not in REQUESTS:
@@ -100,9 +108,7 @@ def send_request(folder: Path, request: str, wait_s: float = 5.0) -> dict[str, A
     if not current.alive:
         raise InvalidInput(f"{folder.name} is not running ({current.state}); "
                            + ("resume it with `cycler resume`" if current.state == "crashed" else "nothing to do"))
-    identifier = uuid.uuid4().hex
-    atomic_write_text(folder / CONTROL_FILE, json.dumps({"request": request, "id": identifier,
-                                                        "sent_unix_s": time.time()}) + "\n")
+    identifier = post_request(folder, request)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:

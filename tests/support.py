@@ -17,6 +17,8 @@ import pandas as pd
 from click.testing import CliRunner
 
 from stackcycler.errors import InstrumentTimeout
+from stackcycler.live import SilentReporter
+from stackcycler.operation import post_request
 
 # The capacity check at 1C with one-minute rests: the same steps, a fifth of the ticks.
 QUICK = {"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0}
@@ -98,3 +100,31 @@ class ScriptedTransport:
         """Every scripted message was sent and every reply read."""
         assert not self.script, f"messages never sent: {self.script}"
         assert not self.pending, f"replies never read: {self.pending}"
+
+
+class StopAfter(SilentReporter):
+    """A reporter that asks the run to stop (as a signal handler would) after some ticks."""
+
+    def __init__(self, stop, ticks: int):
+        self.stop, self.ticks, self.seen = stop, ticks, 0
+        self.last_time = None
+
+    def tick(self, status) -> None:
+        self.seen += 1
+        self.last_time = status.test_time_s
+        if self.seen == self.ticks:
+            self.stop.request("SIGTERM")
+
+
+class RequestAt(SilentReporter):
+    """Plays the technician in another terminal: `cycler pause|continue|stop` at test times, to the
+    run folder `folder_of()` gives."""
+
+    def __init__(self, folder_of, *requests: tuple[float, str]):
+        self.folder_of, self.requests = folder_of, list(requests)
+
+    def tick(self, status) -> None:
+        if self.requests and status.test_time_s >= self.requests[0][0]:
+            _, request = self.requests.pop(0)
+            post_request(self.folder_of(), request)
+            time.sleep(0.3)  # the runner looks at most every 0.25 s of wall time

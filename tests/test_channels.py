@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from support import QUICK, cycler, events_of
+from support import QUICK, RequestAt, cycler, events_of
 
 from stackcycler.drivers.sim.daq970a import SimDaq970a
 from stackcycler.errors import ExitCode, InvalidInput
@@ -103,23 +103,8 @@ def test_the_cli_runs_chosen_channels_and_reports_the_most_serious_ending(tmp_pa
 
 
 def test_an_operator_stop_ends_only_its_own_channel(tmp_path):
-    import time
-    import uuid
-
-    from stackcycler.store import CONTROL_FILE, atomic_write_text
-
-    class StopAt(SilentReporter):
-        def __init__(self):
-            self.sent = False
-
-        def tick(self, status):
-            if status.test_time_s >= 300 and not self.sent:
-                folder = next((tmp_path / "runs").glob("*_stack2"))
-                atomic_write_text(folder / CONTROL_FILE, json.dumps({"request": "stop", "id": uuid.uuid4().hex}))
-                self.sent = True
-                time.sleep(0.3)  # the runner looks at most every 0.25 s of wall time
-
+    stop_stack2 = RequestAt(lambda: next((tmp_path / "runs").glob("*_stack2")), (300.0, "stop"))
     first, second = together(tmp_path, {"stack1": "capacity-check", "stack2": "capacity-check"},
-                             reporters=[SilentReporter(), StopAt()])
+                             reporters=[SilentReporter(), stop_stack2])
     assert second.outcome.state == "interrupted" and second.outcome.reason == "stopped by operator"
     assert first.outcome.state == "completed"

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pandas as pd
 import pytest
-from support import Script, ScriptedTransport, events_of, samples_of
+from support import Script, ScriptedTransport, StopAfter, events_of, samples_of
 
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.keithley_smu import STANDBY_CURRENT_LIMIT_A, Keithley2400, Keithley2450
@@ -692,19 +692,9 @@ def test_capacity_check_on_the_2450_bench_finds_the_cells_capacity(run_protocol)
     assert 0.18 < summary["Discharging Capacity / Ah"] < 0.21  # 0.2 Ah nominal, less at 1C
 
 
-class _StopAfter(SilentReporter):
-    def __init__(self, stop: StopRequest, ticks: int):
-        self.stop, self.ticks, self.seen = stop, ticks, 0
-
-    def tick(self, status):
-        self.seen += 1
-        if self.seen == self.ticks:
-            self.stop.request("SIGTERM")
-
-
 def test_an_interrupted_run_on_the_2450_bench_resumes_and_completes(run_protocol):
     stop = StopRequest()
-    first = run_protocol(bench="sim-keithley2450", reporter=_StopAfter(stop, 600), stop=stop)  # in the charge
+    first = run_protocol(bench="sim-keithley2450", reporter=StopAfter(stop, 600), stop=stop)  # in the charge
     assert first.outcome.state == "interrupted" and first.outcome.outputs_confirmed_off
     previews = []
     result = resume(first.outcome.folder, SilentReporter(), confirm=lambda preview: previews.append(preview) or True)

@@ -6,35 +6,19 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 
 import pandas as pd
 import pytest
-from support import data_rows, events_of, start_logging_run
+from support import RequestAt, data_rows, events_of, start_logging_run
 
 from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
 from stackcycler.operation import find_run, list_runs, run_state
-from stackcycler.store import CONTROL_FILE, atomic_write_text
 
 
 def cycler_process(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stackcycler", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60)
-
-
-class RequestAt(SilentReporter):
-    """Plays the technician in another terminal: writes `request` to control.json at a test time."""
-
-    def __init__(self, folder_of, *requests: tuple[float, str]):
-        self.folder_of, self.requests = folder_of, list(requests)
-
-    def tick(self, status):
-        if self.requests and status.test_time_s >= self.requests[0][0]:
-            _, request = self.requests.pop(0)
-            atomic_write_text(self.folder_of() / CONTROL_FILE,
-                              json.dumps({"request": request, "id": uuid.uuid4().hex}))
-            time.sleep(0.3)  # the runner looks at most every 0.25 s of wall time
 
 
 def newest_run(tmp_path):

@@ -14,22 +14,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from support import data_rows, events_of, start_logging_run
+from support import StopAfter, data_rows, events_of, start_logging_run
 
 from stackcycler.errors import ExitCode, InvalidInput
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import RESUME_VOLTAGE_TOLERANCE, resume
-
-
-class StopAfter(SilentReporter):
-    def __init__(self, stop: StopRequest, ticks: int):
-        self.stop, self.ticks, self.seen = stop, ticks, 0
-
-    def tick(self, status):
-        self.seen += 1
-        if self.seen == self.ticks:
-            self.stop.request("SIGTERM")
 
 
 def assert_continuous(folder) -> pd.DataFrame:

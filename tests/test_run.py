@@ -12,7 +12,7 @@ from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 
-from support import events_of, samples_of
+from support import StopAfter, events_of, samples_of
 
 
 def supply_output_on(result) -> bool:
@@ -119,20 +119,6 @@ def test_a_layer_over_its_voltage_limit_trips_to_outputs_off(run_protocol):
     # the bench file says only `extends: sim`; the run folder keeps the whole bench as run
     assert meta["bench"]["resolved"]["simulation"]["stack"]["layer_capacity_scale"] == {"7": 0.85}
     assert meta["bench"]["resolved"]["channels"]["stack1"]["dut"]["layers"] == 23
-
-
-class StopAfter(SilentReporter):
-    """A reporter that asks the run to stop (as a signal handler would) after some ticks."""
-
-    def __init__(self, stop: StopRequest, ticks: int):
-        self.stop, self.ticks, self.seen = stop, ticks, 0
-        self.last_time = None
-
-    def tick(self, status):
-        self.seen += 1
-        self.last_time = status.test_time_s
-        if self.seen == self.ticks:
-            self.stop.request("SIGTERM")
 
 
 def test_a_stop_request_ends_in_the_safe_state_and_keeps_the_data(run_protocol):
