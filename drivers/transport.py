@@ -118,12 +118,17 @@ class VisaTransport:
 def open_transport(resource: str, simulated: dict[str, SimulatedDevice] | None = None,
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> MessageTransport:
     if resource.startswith(SIM_SCHEME):
-        name = resource[len(SIM_SCHEME):]
-        if not simulated or name not in simulated:
-            known = ", ".join(sorted(simulated or {})) or "none (this bench has no simulation block)"
-            raise InstrumentError(f"{resource}: no simulated instrument '{name}'; simulated instruments: {known}")
-        return InProcessTransport(simulated[name], resource)
+        return InProcessTransport(simulated_device(resource, simulated), resource)
     return VisaTransport(resource, timeout_s)
+
+
+def simulated_device(resource: str, simulated: dict | None):
+    """The simulated instrument a `sim://NAME` resource names."""
+    name = resource[len(SIM_SCHEME):]
+    if not simulated or name not in simulated:
+        known = ", ".join(sorted(simulated or {})) or "none (this bench has no simulation block)"
+        raise InstrumentError(f"{resource}: no simulated instrument '{name}'; simulated instruments: {known}")
+    return simulated[name]
 
 
 # --- byte transports: binary frame protocols (RS-232 instruments such as the BK 8500) --------
@@ -255,13 +260,9 @@ def open_byte_transport(resource: str, simulated: dict | None = None, timeout_s:
                         baud_rate: int = DEFAULT_BAUD_RATE) -> ByteTransport:
     """`sim://NAME` (a simulated binary instrument) or a serial port (see above)."""
     if resource.startswith(SIM_SCHEME):
-        name = resource[len(SIM_SCHEME):]
-        if not simulated or name not in simulated:
-            known = ", ".join(sorted(simulated or {})) or "none (this bench has no simulation block)"
-            raise InstrumentError(f"{resource}: no simulated instrument '{name}'; simulated instruments: {known}")
-        device = simulated[name]
+        device = simulated_device(resource, simulated)
         if not callable(getattr(device, "receive", None)):
-            raise InstrumentError(f"{resource}: simulated instrument '{name}' speaks text (SCPI), "
+            raise InstrumentError(f"{resource}: the simulated instrument speaks text (SCPI), "
                                   "not binary frames; is the driver right for it?")
         return InProcessByteTransport(device, resource)
     return SerialByteTransport(resource, baud_rate, timeout_s)

@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 from click.testing import CliRunner
@@ -100,6 +102,14 @@ class ScriptedTransport:
         """Every scripted message was sent and every reply read."""
         assert not self.script, f"messages never sent: {self.script}"
         assert not self.pending, f"replies never read: {self.pending}"
+
+
+@contextmanager
+def expected_protocol(driver_class, script: Script) -> Iterator:
+    """The driver on a scripted transport; on leaving, every scripted message must have been sent."""
+    transport = ScriptedTransport(script)
+    yield driver_class(transport)
+    transport.done()
 
 
 class StopAfter(SilentReporter):

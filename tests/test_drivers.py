@@ -8,11 +8,9 @@ the whole script was used. One integration test per driver then runs it against 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
-from support import Script, ScriptedTransport
+from support import Script, expected_protocol
 
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.ea_psb import EaPsb10000
@@ -22,14 +20,6 @@ from stackcycler.drivers.scpi import format_channel_list, parse_channel_list, pa
 from stackcycler.drivers.sim.simulation import SimulationConfig, build_simulation
 from stackcycler.drivers.transport import InProcessTransport
 from stackcycler.errors import InstrumentError, InstrumentTimeout, InvalidInput
-
-@contextmanager
-def expected_protocol(driver_class, script: Script) -> Iterator:
-    """The driver on a scripted transport; on leaving, every scripted message must have been sent."""
-    transport = ScriptedTransport(script)
-    yield driver_class(transport)
-    transport.done()
-
 
 # --- EA PSB 10000 ----------------------------------------------------------------------------
 

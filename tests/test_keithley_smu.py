@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import contextmanager
-from typing import Iterator
 
 import pandas as pd
 import pytest
-from support import Script, ScriptedTransport, StopAfter, events_of, samples_of
+from support import Script, StopAfter, events_of, expected_protocol, samples_of
 
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.keithley_smu import STANDBY_CURRENT_LIMIT_A, Keithley2400, Keithley2450
@@ -34,14 +32,6 @@ from stackcycler.errors import InstrumentError, InvalidInput
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import resume
-
-
-@contextmanager
-def expected_protocol(driver_class, script: Script) -> Iterator:
-    """The driver on a scripted transport; on leaving, every scripted message must have been sent."""
-    transport = ScriptedTransport(script)
-    yield driver_class(transport)
-    transport.done()
 
 
 # --- Keithley 2450: messages ---------------------------------------------------------------
