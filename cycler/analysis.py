@@ -1,24 +1,25 @@
-"""Per-cycle results from recorded samples.
+"""Per-cycle results from recorded samples (the definitions are in docs/results.md).
 
-A stackcycler run logs cumulative charge and energy counted every tick, so a cycle's charge
-is the cumulative value at its last row minus that at the previous cycle's last row: exact
-however sparse the recording. For Battery Data Format data without those columns, the
-current is integrated from the rows (trapezoid, split at zero crossings).
+Charge and energy: a stackcycler run logs cumulative charge and energy counted every tick, so a
+cycle's charge is the growth of those columns over the cycle: exact however sparse the
+recording. Data without them (another cycler's file) is integrated from its rows (trapezoid,
+split at zero crossings: integrators.trapezoid_arrays). The interval between two rows belongs
+to the cycle of the later row, in both cases, so the two agree.
+
+Everything per row is vectorised: a ten-million-row file is summarised in about a second.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .integrators import trapezoid_parts
-from .store import SAMPLES_FILE
+from .dataset import CURRENT, CYCLE, PRESSURE, STEP_COUNT, STEP_TYPE, TIME, VOLTAGE, Dataset
+from .integrators import trapezoid_arrays
 
-CYCLE = "Cycle Count / 1"
-TIME = "Test Time / s"
 CUMULATIVE = {
     "charge_capacity_Ah": "Charging Capacity / Ah",
     "discharge_capacity_Ah": "Discharging Capacity / Ah",
@@ -26,77 +27,231 @@ CUMULATIVE = {
     "discharge_energy_Wh": "Discharging Energy / Wh",
 }
 
-# Summary columns: machine key (JSON) -> label (CSV), in one place.
+# Summary columns: machine key (JSON) -> label (CSV), in one place; docs/results.md defines each.
 SUMMARY_COLUMNS = {
     "cycle": "Cycle Count / 1",
-    "charge_capacity_Ah": "Charging Capacity / Ah",
-    "discharge_capacity_Ah": "Discharging Capacity / Ah",
-    "charge_energy_Wh": "Charging Energy / Wh",
-    "discharge_energy_Wh": "Discharging Energy / Wh",
+    **CUMULATIVE,
     "coulombic_efficiency": "Coulombic Efficiency / 1",
     "energy_efficiency": "Energy Efficiency / 1",
+    "capacity_retention": "Capacity Retention / 1",
+    "end_of_life": "End Of Life",
+    "average_charge_voltage_V": "Average Charge Voltage / V",
+    "average_discharge_voltage_V": "Average Discharge Voltage / V",
+    "voltage_gap_V": "Voltage Gap / V",
+    "cv_time_s": "CV Time / s",
+    "cv_capacity_Ah": "CV Capacity / Ah",
+    "min_temperature_degC": "Min Temperature / degC",
+    "max_temperature_degC": "Max Temperature / degC",
+    "min_pressure_MPa": "Min Pressure / MPa",
+    "max_pressure_MPa": "Max Pressure / MPa",
+    "paused_s": "Paused Time / s",
+    "charge_throughput_Ah": "Charge Throughput / Ah",
+    "equivalent_full_cycles": "Equivalent Full Cycles / 1",
     "start_time_s": "Cycle Start Time / s",
     "duration_s": "Cycle Duration / s",
 }
 
+DEFAULT_EOL_RETENTION = 0.80  # a common end-of-life criterion (battery-testing.md §12; NASA PCoE used 0.70)
+DUT_TEMPERATURE = re.compile(r"^Temperature T\d / degC$")  # sensors on the DUT; ambient is not the DUT's
+# A data gap this long counts as a pause in files without events (BEEP's `paused` flag: > 3600 s).
+PAUSE_GAP_S = 3600.0
+# CV phase found from the data (no runner events): the step ends within this of its final
+# voltage, relative, but at least CV_MIN_TOLERANCE_V, and the current has fallen below
+# CV_CURRENT_FALL of the step's largest.
+CV_TOLERANCE = 0.002
+CV_MIN_TOLERANCE_V = 0.005
+CV_CURRENT_FALL = 0.8
+HOLD_STARTS = ("paused", "suspended")
+HOLD_ENDS = ("continued", "suspension_cleared")
 
 # What cycle_summary reads: a million-row run summarised without loading its layer columns.
-SUMMARY_INPUTS = (CYCLE, TIME, "Voltage / V", "Current / A", *CUMULATIVE.values())
+SUMMARY_INPUTS = (CYCLE, TIME, VOLTAGE, CURRENT, STEP_COUNT, STEP_TYPE, PRESSURE, *CUMULATIVE.values(),
+                  *(f"Temperature T{k} / degC" for k in range(1, 6)))
 
 
-def read_samples(folder: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """The samples of a run folder (only `columns`, if given); a torn last line (the writer was
-    killed mid-row) is dropped."""
-    if columns is None:
-        frame = pd.read_csv(folder / SAMPLES_FILE, on_bad_lines="skip", low_memory=False)
-    else:  # parsed in chunks: a million-row file peaks at a quarter of the memory it takes whole
-        frame = pd.read_csv(folder / SAMPLES_FILE, on_bad_lines="skip", usecols=lambda name: name in columns)
-    return frame.dropna(subset=[TIME, "Voltage / V", "Current / A"]) if len(frame) else frame
+def summarise(data: Dataset, eol_retention: float = DEFAULT_EOL_RETENTION) -> pd.DataFrame:
+    """The per-cycle table of a dataset (its events and DUT are used where it has them)."""
+    return cycle_summary(data.samples, data.events, eol_retention, data.dut.get("nominal_capacity_Ah"))
 
 
-def _integrated(cycle_rows: pd.DataFrame) -> dict[str, float]:
-    t = cycle_rows[TIME].to_numpy(float)
-    i = cycle_rows["Current / A"].to_numpy(float)
-    p = i * cycle_rows["Voltage / V"].to_numpy(float)
-    totals = dict.fromkeys(CUMULATIVE, 0.0)
-    for k in range(1, len(t)):
-        for ah, wh in trapezoid_parts(t[k - 1], i[k - 1], p[k - 1], t[k], i[k], p[k]):
-            side = "charge" if ah >= 0 else "discharge"
-            totals[f"{side}_capacity_Ah"] += abs(ah)
-            totals[f"{side}_energy_Wh"] += abs(wh)
-    return totals
-
-
-def cycle_summary(samples: pd.DataFrame) -> pd.DataFrame:
+def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
+                  eol_retention: float = DEFAULT_EOL_RETENTION,
+                  nominal_capacity_Ah: float | None = None) -> pd.DataFrame:
     """One row per cycle, columns labelled as in SUMMARY_COLUMNS."""
     if samples.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS.values()))
-    cycles = samples[CYCLE] if CYCLE in samples else pd.Series(1, index=samples.index)
-    has_cumulative = all(label in samples for label in CUMULATIVE.values())
-    rows = []
-    previous_last = dict.fromkeys(CUMULATIVE, 0.0)
-    for cycle, group in samples.groupby(cycles, sort=True):
-        if has_cumulative:
-            last = {key: float(group[label].iloc[-1]) for key, label in CUMULATIVE.items()}
-            totals = {key: last[key] - previous_last[key] for key in CUMULATIVE}
-            previous_last = last
-        else:
-            totals = _integrated(group)
-        row = {"cycle": int(cycle), **totals}
-        row["coulombic_efficiency"] = (totals["discharge_capacity_Ah"] / totals["charge_capacity_Ah"]
-                                       if totals["charge_capacity_Ah"] > 0 else np.nan)
-        row["energy_efficiency"] = (totals["discharge_energy_Wh"] / totals["charge_energy_Wh"]
-                                    if totals["charge_energy_Wh"] > 0 else np.nan)
-        row["start_time_s"] = float(group[TIME].iloc[0])
-        row["duration_s"] = float(group[TIME].iloc[-1] - group[TIME].iloc[0])
-        rows.append(row)
-    return pd.DataFrame(rows).rename(columns=SUMMARY_COLUMNS)
+    t = samples[TIME].to_numpy(float)
+    v = samples[VOLTAGE].to_numpy(float)
+    i = samples[CURRENT].to_numpy(float)
+    cycle_of_row = samples[CYCLE].to_numpy() if CYCLE in samples else np.ones(len(t), dtype=int)
+    cycles, group = np.unique(cycle_of_row, return_inverse=True)
+    n = len(cycles)
+    interval_group = group[1:]  # the interval before row k+1 belongs to row k+1's cycle
+
+    def per_cycle(values: np.ndarray) -> np.ndarray:
+        return np.bincount(interval_group, weights=values, minlength=n)
+
+    parts = _interval_throughput(samples, t, v, i)
+    out: dict[str, Any] = {"cycle": cycles.astype(int)}
+    for key in CUMULATIVE:
+        out[key] = per_cycle(parts[key])
+    charge, discharge = out["charge_capacity_Ah"], out["discharge_capacity_Ah"]
+    # efficiencies and retention only for full cycles: a charge-only formation cycle has no CE
+    noise = rest_noise_Ah(charge)
+    full = (charge > noise) & (discharge > noise)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["coulombic_efficiency"] = np.where(full, discharge / charge, np.nan)
+        out["energy_efficiency"] = np.where(full, out["discharge_energy_Wh"] / out["charge_energy_Wh"], np.nan)
+        out["average_charge_voltage_V"] = np.where(charge > noise, out["charge_energy_Wh"] / charge, np.nan)
+        out["average_discharge_voltage_V"] = np.where(discharge > noise, out["discharge_energy_Wh"] / discharge, np.nan)
+    out["voltage_gap_V"] = out["average_charge_voltage_V"] - out["average_discharge_voltage_V"]
+    retention = np.full(n, np.nan)
+    if full.any():  # retention is relative to the first full cycle
+        reference = int(np.flatnonzero(full)[0])
+        retention[reference:] = np.where(discharge[reference:] > noise, discharge[reference:] / discharge[reference], np.nan)
+    out["capacity_retention"] = retention
+    out["end_of_life"] = retention < eol_retention  # NaN (not a full cycle) compares False
+
+    out["cv_time_s"], out["cv_capacity_Ah"] = _cv_phase_per_cycle(samples, events, cycles, per_cycle,
+                                                                   parts["charge_capacity_Ah"])
+
+    grouped = pd.Series(group)
+    temperatures = [name for name in samples.columns if DUT_TEMPERATURE.match(name)]
+    out["min_temperature_degC"] = _per_group(samples, temperatures, grouped, n, "min")
+    out["max_temperature_degC"] = _per_group(samples, temperatures, grouped, n, "max")
+    out["min_pressure_MPa"] = _per_group(samples, [PRESSURE] if PRESSURE in samples else [], grouped, n, "min")
+    out["max_pressure_MPa"] = _per_group(samples, [PRESSURE] if PRESSURE in samples else [], grouped, n, "max")
+
+    rows = pd.Series(np.arange(len(t))).groupby(group)
+    first_row, last_row = rows.min().to_numpy(), rows.max().to_numpy()
+    out["start_time_s"] = t[first_row]
+    out["duration_s"] = t[last_row] - t[first_row]
+    out["paused_s"] = (_held_per_cycle(events, out["start_time_s"], t[last_row]) if events
+                       else per_cycle(np.where(np.diff(t) > PAUSE_GAP_S, np.diff(t), 0.0)))
+    out["charge_throughput_Ah"] = np.cumsum(charge)
+    out["equivalent_full_cycles"] = (np.cumsum(charge + discharge) / (2 * nominal_capacity_Ah)
+                                     if nominal_capacity_Ah else np.full(n, np.nan))
+    return pd.DataFrame({SUMMARY_COLUMNS[key]: out[key] for key in SUMMARY_COLUMNS})
+
+
+def _interval_throughput(samples: pd.DataFrame, t: np.ndarray, v: np.ndarray, i: np.ndarray) -> dict[str, np.ndarray]:
+    """Charge and discharge Ah and Wh (keys of CUMULATIVE) of every interval between successive
+    rows: from the runner's cumulative counters where the file has them, else integrated."""
+    labels = list(CUMULATIVE.values())
+    if all(label in samples for label in labels):
+        counted = samples[labels].to_numpy(float)
+        if not np.isnan(counted).any():
+            return {key: np.diff(column) for key, column in zip(CUMULATIVE, counted.T)}
+    parts = trapezoid_arrays(t, i, v * i)
+    return {"charge_capacity_Ah": parts["charge_Ah"], "discharge_capacity_Ah": parts["discharge_Ah"],
+            "charge_energy_Wh": parts["charge_Wh"], "discharge_energy_Wh": parts["discharge_Wh"]}
+
+
+def rest_noise_Ah(charges_Ah: Sequence[float]) -> float:
+    """Charge below which a cycle counts as not having charged or discharged at all: the
+    zero-current noise of rests adds up to less than 1 % of the largest charge of any cycle."""
+    return 0.01 * float(np.nanmax(np.asarray(charges_Ah, float), initial=0.0))
+
+
+def _cv_phase_per_cycle(samples: pd.DataFrame, events: Sequence[dict[str, Any]], cycles: np.ndarray,
+                        per_cycle, interval_charge_Ah: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Time and charge in the constant-voltage phase of charge steps, per cycle (NaN when the
+    data cannot say: no step counter). CV steps count whole. A stackcycler run's CC-CV steps
+    count as the runner timed them (`cv_s`, `cv_Ah` of their step_end events); in other data the
+    CV phase is found from the samples (see CV_TOLERANCE)."""
+    if STEP_COUNT not in samples:
+        return np.full(len(cycles), np.nan), np.full(len(cycles), np.nan)
+    steps = samples[STEP_COUNT].to_numpy()
+    types = samples[STEP_TYPE].astype(str).to_numpy() if STEP_TYPE in samples else np.full(len(steps), "")
+    cv_rows = np.isin(types, ("CV", "CV_CHG"))
+    if not events:
+        cv_rows |= _cv_found_in_data(samples, steps, types)
+    in_cv = cv_rows[1:] & cv_rows[:-1] & (steps[1:] == steps[:-1])  # both ends of the interval in CV
+    t = samples[TIME].to_numpy(float)
+    cv_time = per_cycle(np.where(in_cv, np.diff(t), 0.0))
+    cv_charge = per_cycle(np.where(in_cv, interval_charge_Ah, 0.0))
+    cycle = None
+    for event in events:
+        if event.get("event") == "step_start":
+            cycle = event.get("cycle")
+        elif (event.get("event") == "step_end" and event.get("cv_reached") and cycle in cycles
+              and event.get("charge_Ah", 0.0) > event.get("discharge_Ah", 0.0)):
+            index = int(np.searchsorted(cycles, cycle))
+            cv_time[index] += event["cv_s"]
+            cv_charge[index] += event["cv_Ah"]
+    return cv_time, cv_charge
+
+
+def _cv_found_in_data(samples: pd.DataFrame, steps: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """Rows of charge steps (typed CCCV or untyped charge) from the first that comes within the
+    tolerance of the step's final voltage, in steps whose current has fallen by CV_CURRENT_FALL."""
+    frame = pd.DataFrame({"step": steps, "v": samples[VOLTAGE].to_numpy(float),
+                          "i": samples[CURRENT].to_numpy(float)})
+    by_step = frame.groupby("step", sort=False)
+    final_v = by_step["v"].transform("last").to_numpy()
+    final_i = by_step["i"].transform("last").to_numpy()
+    largest_i = by_step["i"].transform("max").to_numpy()
+    mean_i = by_step["i"].transform("mean").to_numpy()
+    eligible = np.char.startswith(types.astype(str), "CCCV") | np.isin(types, ("", "nan", "CHG", "UNKNOWN"))
+    tapering = (mean_i > 0) & (final_i < CV_CURRENT_FALL * largest_i)
+    tolerance = np.maximum(CV_TOLERANCE * np.abs(final_v), CV_MIN_TOLERANCE_V)
+    near_final = np.abs(frame["v"].to_numpy() - final_v) <= tolerance
+    return pd.Series(near_final & eligible & tapering).groupby(steps, sort=False).cummax().to_numpy()
+
+
+def _per_group(samples: pd.DataFrame, columns: list[str], group: pd.Series, n: int, how: str) -> np.ndarray:
+    if not columns:
+        return np.full(n, np.nan)
+    values = samples[columns].apply(pd.to_numeric, errors="coerce")
+    reduced = getattr(values.groupby(group.to_numpy()), how)()
+    across = reduced.min(axis=1) if how == "min" else reduced.max(axis=1)
+    return across.reindex(range(n)).to_numpy(float)
+
+
+def _held_per_cycle(events: Sequence[dict[str, Any]], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Seconds each cycle spent held (paused by the operator, suspended) or interrupted (from a
+    crash to its resume), from the run's events; a hold still going runs to the last sample."""
+    spans: list[tuple[float, float]] = []
+    held_since: float | None = None
+    for event in events:
+        kind, at = event.get("event"), event.get("test_time_s")
+        if at is None:
+            continue
+        if kind in HOLD_STARTS and held_since is None:
+            held_since = at
+        elif kind in HOLD_ENDS and "held_s" in event:
+            spans.append((at - event["held_s"], at))
+            held_since = None
+        elif kind == "resumed" and event.get("gap_s"):
+            spans.append((event.get("from_test_time_s", at), event.get("from_test_time_s", at) + event["gap_s"]))
+    if held_since is not None:
+        spans.append((held_since, float(ends[-1])))
+    paused = np.zeros(len(starts))
+    bounds_end = np.append(starts[1:], np.inf)  # a cycle runs until the next one starts
+    for begin, end in spans:
+        overlap = np.minimum(end, bounds_end) - np.maximum(begin, starts)
+        if end - begin > 0 and not np.any(overlap > 0):  # an interruption between rows: its cycle
+            overlap = np.where((starts <= begin) & (begin < bounds_end), end - begin, 0.0)
+        paused += np.maximum(overlap, 0.0)
+    return paused
+
+
+def summary_records(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The summary as a list of objects keyed by the machine names (JSON: NaN becomes null)."""
+    keys = {label: key for key, label in SUMMARY_COLUMNS.items()}
+    frame = summary.rename(columns=keys).astype(object).where(summary.notna().to_numpy(), None)
+    records = frame.to_dict(orient="records")
+    for record in records:
+        for key, value in record.items():
+            if isinstance(value, (np.integer, np.floating, np.bool_)):
+                record[key] = value.item()
+    return records
 
 
 def reported_cycle(charges_Ah: Sequence[float], discharges_Ah: Sequence[float]) -> int | None:
-    """Index of the cycle a run's result reports: the last that discharged more than the
-    zero-current noise of rests does (1 % of the largest charge of any cycle); None if none did."""
-    noise = 0.01 * max(charges_Ah, default=0.0)
+    """Index of the cycle a run's result reports: the last that discharged more than
+    `rest_noise_Ah`; None if none did."""
+    noise = rest_noise_Ah(charges_Ah)
     discharged = [k for k, discharge in enumerate(discharges_Ah) if discharge > noise]
     return discharged[-1] if discharged else None
 

@@ -353,6 +353,49 @@ def check(run_name, expectations, runs_dir, as_json, newest):
     sys.exit(code)
 
 
+def _data_path(path: str, runs_dir: Path) -> Path:
+    """A data file or run folder as given, else a run found by (a piece of) its name."""
+    return Path(path) if Path(path).exists() else find_run(path, runs_dir)
+
+
+eol_option = click.option("--eol", "eol_retention", type=click.FloatRange(0, 1, min_open=True), default=0.8,
+                          show_default=True, help="Capacity retention (of the first full cycle) that flags end of life.")
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("path", metavar="PATH")
+@runs_dir_option
+@eol_option
+@click.option("--json", "as_json", is_flag=True, help="Print one object per cycle (keys: docs/results.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print every column as CSV.")
+def summary(path, runs_dir, eol_retention, as_json, as_csv):
+    """Per-cycle results of PATH: a run folder (also while it runs), a run's name, or a Battery Data
+    Format CSV/Parquet file or Bitrode CSV export from another cycler.
+
+    Charge and discharge capacity and energy, coulombic and energy efficiency, retention against
+    the first full cycle, mean voltages, CV phase, temperature, pressure, time paused."""
+    from .analysis import summarise, summary_records
+    from .dataset import load as load_data
+    from .summaryview import end_of_life_line, summary_table
+
+    try:
+        data = load_data(_data_path(path, runs_dir))
+        table = summarise(data, eol_retention)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if as_json:
+        print(json.dumps(summary_records(table), indent=1))
+    elif as_csv:
+        print(table.to_csv(index=False), end="")
+    elif table.empty:
+        console.print(f"{data.source}: no samples yet", markup=False)
+    else:
+        wide = console if console.is_terminal else Console(highlight=False, width=160)  # a file is not 80 wide
+        wide.print(summary_table(table, f"{data.source} ({data.kind})"))
+        console.print(end_of_life_line(table, eol_retention), markup=False)
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)

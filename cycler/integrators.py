@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .sample import Sample
 
 
@@ -39,6 +41,27 @@ def trapezoid_parts(t0: float, i0: float, p0: float, t1: float, i1: float, p1: f
         return [((i0 + i1) / 2 * dt_h, (p0 + p1) / 2 * dt_h)]
     f = i0 / (i0 - i1)  # fraction of the interval before the zero crossing
     return [(i0 / 2 * f * dt_h, p0 / 2 * f * dt_h), (i1 / 2 * (1 - f) * dt_h, p1 / 2 * (1 - f) * dt_h)]
+
+
+def trapezoid_arrays(t: np.ndarray, i: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """`trapezoid_parts` for every interval between successive rows at once: per interval (one
+    shorter than the inputs) the charge and discharge Ah and Wh, each as a magnitude."""
+    dt_h = np.maximum(np.diff(t), 0.0) / 3600.0
+    i0, i1, p0, p1 = i[:-1], i[1:], p[:-1], p[1:]
+    straddles = i0 * i1 < 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(straddles, i0 / (i0 - i1), 1.0)  # fraction of the interval before the crossing
+    # part before the crossing (the whole interval when there is none) and part after it
+    ah_a = np.where(straddles, i0 / 2 * f, (i0 + i1) / 2) * dt_h
+    wh_a = np.where(straddles, p0 / 2 * f, (p0 + p1) / 2) * dt_h
+    ah_b = np.where(straddles, i1 / 2 * (1 - f), 0.0) * dt_h
+    wh_b = np.where(straddles, p1 / 2 * (1 - f), 0.0) * dt_h
+    return {
+        "charge_Ah": np.where(ah_a >= 0, ah_a, 0.0) + np.where(ah_b > 0, ah_b, 0.0),
+        "discharge_Ah": np.where(ah_a < 0, -ah_a, 0.0) + np.where(ah_b < 0, -ah_b, 0.0),
+        "charge_Wh": np.where(ah_a >= 0, wh_a, 0.0) + np.where(ah_b > 0, wh_b, 0.0),
+        "discharge_Wh": np.where(ah_a < 0, -wh_a, 0.0) + np.where(ah_b < 0, -wh_b, 0.0),
+    }
 
 
 class Integrator:

@@ -30,7 +30,8 @@ from stackcycler.drivers.sim.simulation import Simulation, build_simulation
 from stackcycler.drivers.transport import open_transport
 from stackcycler.protocols import ProtocolFile, load_protocol
 
-from .analysis import SUMMARY_COLUMNS, SUMMARY_INPUTS, cycle_summary, read_samples, result_line
+from .analysis import SUMMARY_INPUTS, result_line, summarise, summary_records
+from .dataset import load as load_data
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel
 from .clock import Clock, VirtualClock, WallClock
@@ -325,7 +326,7 @@ def _run_and_summarise(runner: Runner, store: RunStore, opened: OpenBench) -> Ru
 def _summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
     """Per-cycle results and the run's ending into the run folder."""
     outcome = runner.outcome
-    summary = cycle_summary(read_samples(store.folder, SUMMARY_INPUTS))
+    summary = summarise(load_data(store.folder, SUMMARY_INPUTS))
     line = result_line(summary)
     ended_unix = opened.clock.unix_time() - opened.clock.now() + runner.finished_at_s
     try:
@@ -333,8 +334,7 @@ def _summarise(runner: Runner, store: RunStore, opened: OpenBench) -> RunResult:
         store.update_metadata(state=outcome.state, exit_code=int(outcome.exit_code), reason=outcome.reason,
                               ended=utc_iso(ended_unix), end_test_time_s=runner.finished_at_s,
                               outputs_confirmed_off=outcome.outputs_confirmed_off, result=line,
-                              summary=summary.rename(columns={v: k for k, v in SUMMARY_COLUMNS.items()})
-                              .to_dict(orient="records"), **outcome.details)
+                              summary=summary_records(summary), **outcome.details)
     except (OSError, StorageFailure):
         pass  # the outcome already says the folder could not be written; what is there stays readable
     _notify_end(store.folder, outcome)

@@ -95,6 +95,18 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of an events.jsonl; a torn last line (the writer died mid-line) is skipped."""
+    events = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
 def cut_samples_to(folder: Path, rows: int) -> int:
     """Keep the header and the first `rows` complete rows of samples.csv; returns the rows cut off."""
     path = folder / SAMPLES_FILE

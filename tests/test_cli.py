@@ -125,7 +125,8 @@ def test_a_signal_during_a_run_ends_in_the_safe_state_and_keeps_the_data(tmp_pat
 
 def test_a_run_killed_outright_leaves_a_readable_run_folder(tmp_path):
     """SIGKILL gives the process no chance to clean up: what it wrote must still read back."""
-    from stackcycler.analysis import cycle_summary, read_samples
+    from stackcycler.analysis import summarise
+    from stackcycler.dataset import load
 
     process, samples = start_logging_run(tmp_path, 30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_seen = len(data_rows(samples))
@@ -134,9 +135,9 @@ def test_a_run_killed_outright_leaves_a_readable_run_folder(tmp_path):
     folder = samples.parent
     assert json.loads((folder / "run.json").read_text())["state"] == "running"  # it never got to say otherwise
     assert [e["event"] for e in events_of(folder)][0] == "step_start"
-    frame = read_samples(folder)
-    assert len(frame) >= rows_seen
-    summary = cycle_summary(frame)
+    data = load(folder)
+    assert len(data.samples) >= rows_seen
+    summary = summarise(data)
     assert summary["Charging Capacity / Ah"].iloc[0] > 0
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stackcycler.analysis import cycle_summary
-from stackcycler.integrators import Integrator, trapezoid_parts
+from stackcycler.integrators import Integrator, trapezoid_arrays, trapezoid_parts
 from stackcycler.sample import Sample
 
 
@@ -78,20 +78,38 @@ def test_charge_plus_discharge_is_the_area_under_the_absolute_current(currents):
 
 
 def test_cycle_summary_from_cumulative_columns_equals_integration_of_the_rows():
-    t = np.arange(0, 7200.0, 10.0)
-    current = np.where(t < 3600, 1.0, -0.9)
-    voltage = np.where(t < 3600, 85.0, 80.0)
-    rows = pd.DataFrame({"Test Time / s": t, "Current / A": current, "Voltage / V": voltage, "Cycle Count / 1": 1})
-    integrated = cycle_summary(rows).iloc[0]
-    integrator = Integrator()
-    for k in range(len(t)):
+    t = np.arange(0, 14400.0, 10.0)
+    current = np.select([t < 3600, t < 7200, t < 10800], [1.0, -0.9, 1.1], -1.0)
+    voltage = np.where(current > 0, 85.0, 80.0)
+    cycle = np.where(t < 7200, 1, 2)
+    rows = pd.DataFrame({"Test Time / s": t, "Current / A": current, "Voltage / V": voltage, "Cycle Count / 1": cycle})
+    integrated = cycle_summary(rows)
+    integrator, counted = Integrator(), []
+    for k in range(len(t)):  # the runner's cumulative counters, row by row
         integrator.update(Sample(t[k], 0.0, voltage[k], current[k]))
-    with_columns = rows.assign(**{
-        "Charging Capacity / Ah": integrator.test.charge_Ah, "Discharging Capacity / Ah": integrator.test.discharge_Ah,
-        "Charging Energy / Wh": integrator.test.charge_Wh, "Discharging Energy / Wh": integrator.test.discharge_Wh})
-    from_columns = cycle_summary(with_columns).iloc[0]
-    for label in ("Charging Capacity / Ah", "Discharging Capacity / Ah", "Charging Energy / Wh",
-                  "Discharging Energy / Wh"):
-        assert from_columns[label] == pytest.approx(integrated[label])
-    assert integrated["Coulombic Efficiency / 1"] == pytest.approx(
-        integrated["Discharging Capacity / Ah"] / integrated["Charging Capacity / Ah"])
+        test = integrator.test
+        counted.append((test.charge_Ah, test.discharge_Ah, test.charge_Wh, test.discharge_Wh))
+    labels = ["Charging Capacity / Ah", "Discharging Capacity / Ah", "Charging Energy / Wh", "Discharging Energy / Wh"]
+    from_columns = cycle_summary(rows.join(pd.DataFrame(counted, columns=labels)))
+    for label in labels:
+        assert from_columns[label].to_numpy() == pytest.approx(integrated[label].to_numpy())
+    # cycle 1: +1 A for 3600 s (the interval into -0.9 A straddles zero), cycle 2 starts with the
+    # interval from -0.9 A to +1.1 A
+    assert integrated["Charging Capacity / Ah"].iloc[0] == pytest.approx((3590 + 10 * 0.5 * 1 / 1.9) / 3600)
+    assert integrated["Coulombic Efficiency / 1"].iloc[0] == pytest.approx(
+        integrated["Discharging Capacity / Ah"].iloc[0] / integrated["Charging Capacity / Ah"].iloc[0])
+
+
+@given(st.lists(st.tuples(st.floats(-10, 10, allow_nan=False), st.floats(0, 100, allow_nan=False)),
+                min_size=2, max_size=60))
+def test_the_vectorised_integration_agrees_with_the_tick_by_tick_one(rows):
+    currents = np.array([r[0] for r in rows])
+    voltages = np.array([r[1] for r in rows])
+    integrator = Integrator()
+    for k in range(len(rows)):
+        integrator.update(Sample(float(k), 0.0, voltages[k], currents[k]))
+    parts = trapezoid_arrays(np.arange(len(rows), dtype=float), currents, voltages * currents)
+    assert parts["charge_Ah"].sum() == pytest.approx(integrator.test.charge_Ah, abs=1e-12)
+    assert parts["discharge_Ah"].sum() == pytest.approx(integrator.test.discharge_Ah, abs=1e-12)
+    assert parts["charge_Wh"].sum() == pytest.approx(integrator.test.charge_Wh, abs=1e-9)
+    assert parts["discharge_Wh"].sum() == pytest.approx(integrator.test.discharge_Wh, abs=1e-9)
