@@ -396,6 +396,56 @@ def summary(path, runs_dir, eol_retention, as_json, as_csv):
         console.print(end_of_life_line(table, eol_retention), markup=False)
 
 
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("path", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["bdf-csv", "parquet", "xlsx"]), default="bdf-csv",
+              show_default=True, help="Battery Data Format CSV, Parquet, or an Excel workbook.")
+@click.option("--columns", default=None, metavar="LABEL,LABEL",
+              help="Only these columns (the time, voltage and current always come too).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: BDF's recommended name, in this folder).")
+@runs_dir_option
+def export(path, fmt, columns, output, runs_dir):
+    """Export RUN (a run folder, a run's name, or any data file `cycler summary` reads) as a Battery
+    Data Format file with a metadata sidecar (x.bdf.metadata.json)."""
+    from .bdf import export as export_data
+    from .dataset import load as load_data
+
+    try:
+        written = export_data(load_data(_data_path(path, runs_dir)), fmt, output,
+                              [c.strip() for c in columns.split(",")] if columns else None)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    for file in written:
+        console.print(f"wrote {file}", markup=False)
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("path", metavar="RUN")
+@runs_dir_option
+@eol_option
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the report (default: the run folder's report/).")
+@click.option("--open", "open_it", is_flag=True, help="Open the report in a web browser.")
+def report(path, runs_dir, eol_retention, output, open_it):
+    """Write an HTML report of RUN (with its figures as PNG files beside it): the test, events and
+    trips, the per-cycle table, voltage and current, capacity and efficiency, layer voltages,
+    temperature and pressure. Works on a run that is still going."""
+    from .dataset import load as load_data
+    from .report import write_report
+
+    try:
+        page = write_report(load_data(_data_path(path, runs_dir)), output, eol_retention)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    console.print(f"report: {page}", markup=False)
+    if open_it:
+        import webbrowser
+        webbrowser.open(page.resolve().as_uri())
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)

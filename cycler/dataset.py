@@ -5,8 +5,8 @@
 - a stackcycler run folder (samples.csv, run.json, events.jsonl), also while the run is going;
 - a Battery Data Format file, CSV (`.csv`, `.bdf`, `.bdf.csv`, gzip'd) or Parquet, with the
   ontology 1.3.0 labels ("Test Time / s"), their machine names ("test_time_second") or the older
-  labels of batterydf 0.1.0 ("Step Index / 1"); a `<file>.metadata.json` sidecar beside it is
-  read as the metadata;
+  labels of batterydf 0.1.0 ("Step Index / 1"); its sidecar `x.bdf.metadata.json` is read as the
+  metadata (with the run's events, when stackcycler wrote it);
 - a Bitrode CSV export (as in the ORNL Nissan Leaf data; with or without its header line).
 
 Whatever the source, current is positive for charge (BDF), and pressure is `Pressure / MPa`.
@@ -73,7 +73,8 @@ class Dataset:
 
     @property
     def dut(self) -> dict[str, Any]:
-        return self.metadata.get("dut") or {}
+        """The device under test: run.json's `dut`, a BDF sidecar's `test_object`."""
+        return self.metadata.get("dut") or self.metadata.get("test_object") or {}
 
     @property
     def name(self) -> str:
@@ -92,12 +93,12 @@ def load(path: Path | str, columns: Iterable[str] | None = None) -> Dataset:
         raise InvalidInput(f"{path}: no such file or folder; expected {ACCEPTED}")
     if path.suffix.lower() == ".parquet":
         frame = _read_parquet(path)
-        return Dataset(path, "bdf-parquet", _bdf(frame, path, wanted), _sidecar(path))
+        return _with_sidecar(Dataset(path, "bdf-parquet", _bdf(frame, path, wanted)))
     first_line = _first_line(path)
     if _is_bitrode(first_line):
         return Dataset(path, "bitrode-csv", _bitrode(path, first_line))
     frame = _read_csv(path, None)
-    return Dataset(path, "bdf-csv", _bdf(frame, path, wanted), _sidecar(path))
+    return _with_sidecar(Dataset(path, "bdf-csv", _bdf(frame, path, wanted)))
 
 
 def read_samples_csv(path: Path, columns: set[str] | None = None) -> pd.DataFrame:
@@ -188,13 +189,25 @@ def step_counter(step_ids: np.ndarray, step_times: np.ndarray) -> np.ndarray:
     return np.cumsum(new)
 
 
+def _with_sidecar(data: Dataset) -> Dataset:
+    """The sidecar's metadata, and the run's events if the file was exported by stackcycler."""
+    data.metadata = _sidecar(data.source)
+    data.events = data.metadata.pop("events", [])
+    return data
+
+
+def sidecar_path(path: Path) -> Path:
+    """The BDF metadata sidecar of a data file: `x.bdf.csv` -> `x.bdf.metadata.json` (§13.1)."""
+    name = path.name
+    stem = name[:name.index(".bdf")] if ".bdf" in name else name.split(".")[0]
+    return path.with_name(stem + ".bdf.metadata.json")
+
+
 def _sidecar(path: Path) -> dict[str, Any]:
-    """The BDF metadata sidecar `<file>.metadata.json` (or with the data suffix replaced)."""
-    for candidate in (path.with_name(path.name + ".metadata.json"),
-                      path.with_name(path.name.split(".")[0] + ".bdf.metadata.json")):
-        if candidate.exists():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as error:
-                raise InvalidInput(f"{candidate}: not valid JSON ({error})") from None
-    return {}
+    candidate = sidecar_path(path)
+    if not candidate.exists():
+        return {}
+    try:
+        return json.loads(candidate.read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{candidate}: not valid JSON ({error})") from None
