@@ -446,6 +446,43 @@ def report(path, runs_dir, eol_retention, output, open_it):
         webbrowser.open(page.resolve().as_uri())
 
 
+@main.command("compare", epilog=EXIT_CODE_HELP)
+@click.argument("paths", nargs=-1, required=True, metavar="RUN RUN...")
+@runs_dir_option
+@eol_option
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("compare"),
+              show_default=True, help="Folder for the overlay figures and compare.csv.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON (one object per run).")
+def compare_command(paths, runs_dir, eol_retention, output, as_json):
+    """Compare runs (or data files): first and last full cycle, retention, efficiencies, end of
+    life, side by side; one overlay figure per metric against cycle number."""
+    from pandas import isna as pd_isna
+
+    from .compare import compare
+    from .dataset import load as load_data
+
+    try:
+        table, figures = compare([load_data(_data_path(p, runs_dir)) for p in paths], output, eol_retention)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if as_json:
+        print(json.dumps(table.astype(object).where(table.notna(), None).to_dict(), indent=1))
+        return
+    from rich.table import Table
+
+    shown = Table(box=None, pad_edge=False)
+    shown.add_column("")
+    for label in table.columns:
+        shown.add_column(label, justify="right", overflow="fold")
+    for metric, row in table.iterrows():
+        shown.add_row(metric, *("-" if pd_isna(v) else f"{v:.5g}" for v in row))
+    wide = console if console.is_terminal else Console(highlight=False, width=160)
+    wide.print(shown)
+    for figure in figures:
+        console.print(f"figure: {figure}", markup=False)
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)
