@@ -19,6 +19,7 @@ import pandas as pd
 
 from .dataset import CURRENT, CYCLE, PRESSURE, STEP_COUNT, STEP_TYPE, TIME, VOLTAGE, Dataset
 from .integrators import trapezoid_arrays
+from .runner import CV_CURRENT_FRACTION, CV_VOLTAGE_FRACTION
 
 CUMULATIVE = {
     "charge_capacity_Ah": "Charging Capacity / Ah",
@@ -55,12 +56,6 @@ DEFAULT_EOL_RETENTION = 0.80  # a common end-of-life criterion (battery-testing.
 DUT_TEMPERATURE = re.compile(r"^Temperature T\d / degC$")  # sensors on the DUT; ambient is not the DUT's
 # A data gap this long counts as a pause in files without events (BEEP's `paused` flag: > 3600 s).
 PAUSE_GAP_S = 3600.0
-# CV phase found from the data (no runner events): the step ends within this of its final
-# voltage, relative, but at least CV_MIN_TOLERANCE_V, and the current has fallen below
-# CV_CURRENT_FALL of the step's largest.
-CV_TOLERANCE = 0.002
-CV_MIN_TOLERANCE_V = 0.005
-CV_CURRENT_FALL = 0.8
 HOLD_STARTS = ("paused", "suspended")
 HOLD_ENDS = ("continued", "suspension_cleared")
 
@@ -158,7 +153,7 @@ def _cv_phase_per_cycle(samples: pd.DataFrame, events: Sequence[dict[str, Any]],
     """Time and charge in the constant-voltage phase of charge steps, per cycle (NaN when the
     data cannot say: no step counter). CV steps count whole. A stackcycler run's CC-CV steps
     count as the runner timed them (`cv_s`, `cv_Ah` of their step_end events); in other data the
-    CV phase is found from the samples (see CV_TOLERANCE)."""
+    CV phase is found from the samples (`_cv_found_in_data`)."""
     if STEP_COUNT not in samples:
         return np.full(len(cycles), np.nan), np.full(len(cycles), np.nan)
     steps = samples[STEP_COUNT].to_numpy()
@@ -183,20 +178,20 @@ def _cv_phase_per_cycle(samples: pd.DataFrame, events: Sequence[dict[str, Any]],
 
 
 def _cv_found_in_data(samples: pd.DataFrame, steps: np.ndarray, types: np.ndarray) -> np.ndarray:
-    """Rows of charge steps (typed CCCV or untyped charge) from the first that comes within the
-    tolerance of the step's final voltage, in steps whose current has fallen by CV_CURRENT_FALL."""
+    """Rows of charge steps (typed CCCV or untyped charge) from the first that meets the runner's
+    own CV-entry rule, with the step's largest current for the CC setpoint and its final voltage
+    for the CV setpoint: current below CV_CURRENT_FRACTION of the one, voltage within
+    CV_VOLTAGE_FRACTION of the other."""
     frame = pd.DataFrame({"step": steps, "v": samples[VOLTAGE].to_numpy(float),
                           "i": samples[CURRENT].to_numpy(float)})
     by_step = frame.groupby("step", sort=False)
     final_v = by_step["v"].transform("last").to_numpy()
-    final_i = by_step["i"].transform("last").to_numpy()
     largest_i = by_step["i"].transform("max").to_numpy()
-    mean_i = by_step["i"].transform("mean").to_numpy()
+    charging = by_step["i"].transform("mean").to_numpy() > 0
     eligible = np.char.startswith(types.astype(str), "CCCV") | np.isin(types, ("", "nan", "CHG", "UNKNOWN"))
-    tapering = (mean_i > 0) & (final_i < CV_CURRENT_FALL * largest_i)
-    tolerance = np.maximum(CV_TOLERANCE * np.abs(final_v), CV_MIN_TOLERANCE_V)
-    near_final = np.abs(frame["v"].to_numpy() - final_v) <= tolerance
-    return pd.Series(near_final & eligible & tapering).groupby(steps, sort=False).cummax().to_numpy()
+    entered = (eligible & charging & (frame["i"].to_numpy() < CV_CURRENT_FRACTION * largest_i)
+               & (np.abs(frame["v"].to_numpy() - final_v) <= CV_VOLTAGE_FRACTION * np.abs(final_v)))
+    return pd.Series(entered).groupby(steps, sort=False).cummax().to_numpy()
 
 
 def _per_group(samples: pd.DataFrame, columns: list[str], group: pd.Series, n: int, how: str) -> np.ndarray:
