@@ -12,6 +12,7 @@ Everything per row is vectorised: a ten-million-row file is summarised in about 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,6 +57,7 @@ DEFAULT_EOL_RETENTION = 0.80  # a common end-of-life criterion (battery-testing.
 DUT_TEMPERATURE = re.compile(r"^Temperature T\d / degC$")  # sensors on the DUT; ambient is not the DUT's
 # A data gap this long counts as a pause in files without events (BEEP's `paused` flag: > 3600 s).
 PAUSE_GAP_S = 3600.0
+INTEGRATION_CHUNK_ROWS = 1_000_000
 HOLD_STARTS = ("paused", "suspended")
 HOLD_ENDS = ("continued", "suspension_cleared")
 
@@ -69,6 +71,38 @@ def summarise(data: Dataset, eol_retention: float = DEFAULT_EOL_RETENTION) -> pd
     return cycle_summary(data.samples, data.events, eol_retention, data.dut.get("nominal_capacity_Ah"))
 
 
+@dataclass(frozen=True)
+class Groups:
+    """Rows grouped by a key (cycle, step counter): the group of each row, and each group's key,
+    first and last row. A cycler's counters never decrease, so groups are runs of rows and every
+    reduction is one numpy pass; other data takes the general (slower) path."""
+
+    keys: np.ndarray
+    of_row: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    contiguous: bool
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "Groups":
+        rows = len(values)
+        if rows and np.all(values[1:] >= values[:-1]):
+            first = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+            last = np.r_[first[1:] - 1, rows - 1]
+            of_row = np.repeat(np.arange(len(first), dtype=np.int32), last - first + 1)
+            return cls(values[first], of_row, first, last, True)
+        keys, of_row = np.unique(values, return_inverse=True)
+        by_group = pd.Series(np.arange(rows)).groupby(of_row)
+        return cls(keys, of_row, by_group.min().to_numpy(), by_group.max().to_numpy(), False)
+
+    def reduce(self, values: np.ndarray, how: str) -> np.ndarray:
+        """Per group: "min" or "max" (NaN skipped) or "sum" of `values` (one per row)."""
+        if self.contiguous:
+            ufunc = {"min": np.fmin, "max": np.fmax, "sum": np.add}[how]
+            return ufunc.reduceat(values, self.first)
+        return getattr(pd.Series(values).groupby(self.of_row), how)().to_numpy(float)
+
+
 def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
                   eol_retention: float = DEFAULT_EOL_RETENTION,
                   nominal_capacity_Ah: float | None = None) -> pd.DataFrame:
@@ -78,18 +112,15 @@ def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
     t = samples[TIME].to_numpy(float)
     v = samples[VOLTAGE].to_numpy(float)
     i = samples[CURRENT].to_numpy(float)
-    cycle_of_row = samples[CYCLE].to_numpy() if CYCLE in samples else np.ones(len(t), dtype=int)
-    cycles, group = np.unique(cycle_of_row, return_inverse=True)
-    n = len(cycles)
-    interval_group = group[1:]  # the interval before row k+1 belongs to row k+1's cycle
+    groups = Groups.of(samples[CYCLE].to_numpy() if CYCLE in samples else np.ones(len(t), dtype=int))
+    cycles, n = groups.keys, len(groups.keys)
 
-    def per_cycle(values: np.ndarray) -> np.ndarray:
-        return np.bincount(interval_group, weights=values, minlength=n)
+    def per_cycle(interval_values: np.ndarray) -> np.ndarray:
+        """Sum per cycle of a value per interval: the interval before row k belongs to row k's cycle."""
+        return groups.reduce(np.concatenate(([0.0], interval_values)), "sum")
 
-    parts = _interval_throughput(samples, t, v, i)
-    out: dict[str, Any] = {"cycle": cycles.astype(int)}
-    for key in CUMULATIVE:
-        out[key] = per_cycle(parts[key])
+    totals, interval_charge_Ah = _throughput(samples, t, v, i, groups)
+    out: dict[str, Any] = {"cycle": cycles.astype(int), **totals}
     charge, discharge = out["charge_capacity_Ah"], out["discharge_capacity_Ah"]
     # efficiencies and retention only for full cycles: a charge-only formation cycle has no CE
     noise = rest_noise_Ah(charge)
@@ -108,20 +139,16 @@ def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
     out["end_of_life"] = retention < eol_retention  # NaN (not a full cycle) compares False
 
     out["cv_time_s"], out["cv_capacity_Ah"] = _cv_phase_per_cycle(samples, events, cycles, per_cycle,
-                                                                   parts["charge_capacity_Ah"])
+                                                                   interval_charge_Ah)
 
-    grouped = pd.Series(group)
     temperatures = [name for name in samples.columns if DUT_TEMPERATURE.match(name)]
-    out["min_temperature_degC"] = _per_group(samples, temperatures, grouped, n, "min")
-    out["max_temperature_degC"] = _per_group(samples, temperatures, grouped, n, "max")
-    out["min_pressure_MPa"] = _per_group(samples, [PRESSURE] if PRESSURE in samples else [], grouped, n, "min")
-    out["max_pressure_MPa"] = _per_group(samples, [PRESSURE] if PRESSURE in samples else [], grouped, n, "max")
-
-    rows = pd.Series(np.arange(len(t))).groupby(group)
-    first_row, last_row = rows.min().to_numpy(), rows.max().to_numpy()
-    out["start_time_s"] = t[first_row]
-    out["duration_s"] = t[last_row] - t[first_row]
-    out["paused_s"] = (_held_per_cycle(events, out["start_time_s"], t[last_row]) if events
+    out["min_temperature_degC"] = _across(samples, temperatures, groups, "min")
+    out["max_temperature_degC"] = _across(samples, temperatures, groups, "max")
+    out["min_pressure_MPa"] = _across(samples, [PRESSURE] if PRESSURE in samples else [], groups, "min")
+    out["max_pressure_MPa"] = _across(samples, [PRESSURE] if PRESSURE in samples else [], groups, "max")
+    out["start_time_s"] = t[groups.first]
+    out["duration_s"] = t[groups.last] - t[groups.first]
+    out["paused_s"] = (_held_per_cycle(events, out["start_time_s"], t[groups.last]) if events
                        else per_cycle(np.where(np.diff(t) > PAUSE_GAP_S, np.diff(t), 0.0)))
     out["charge_throughput_Ah"] = np.cumsum(charge)
     out["equivalent_full_cycles"] = (np.cumsum(charge + discharge) / (2 * nominal_capacity_Ah)
@@ -129,17 +156,31 @@ def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
     return pd.DataFrame({SUMMARY_COLUMNS[key]: out[key] for key in SUMMARY_COLUMNS})
 
 
-def _interval_throughput(samples: pd.DataFrame, t: np.ndarray, v: np.ndarray, i: np.ndarray) -> dict[str, np.ndarray]:
-    """Charge and discharge Ah and Wh (keys of CUMULATIVE) of every interval between successive
-    rows: from the runner's cumulative counters where the file has them, else integrated."""
+def _throughput(samples: pd.DataFrame, t: np.ndarray, v: np.ndarray, i: np.ndarray,
+                groups: Groups) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per cycle, charge and discharge Ah and Wh (keys of CUMULATIVE), and the charge of every
+    interval between rows (for the CV phase). From the runner's cumulative counters where the
+    file has them; else integrated, a million rows at a time so that ten million rows need no
+    ten full-length temporaries. The interval before row k belongs to row k's cycle."""
     labels = list(CUMULATIVE.values())
-    if all(label in samples for label in labels):
-        counted = samples[labels].to_numpy(float)
-        if not np.isnan(counted).any():
-            return {key: np.diff(column) for key, column in zip(CUMULATIVE, counted.T)}
-    parts = trapezoid_arrays(t, i, v * i)
-    return {"charge_capacity_Ah": parts["charge_Ah"], "discharge_capacity_Ah": parts["discharge_Ah"],
-            "charge_energy_Wh": parts["charge_Wh"], "discharge_energy_Wh": parts["discharge_Wh"]}
+    if all(label in samples for label in labels) and not samples[labels].isna().to_numpy().any():
+        totals = {}
+        for key, label in CUMULATIVE.items():
+            counted = samples[label].to_numpy(float)
+            totals[key] = (np.diff(counted[groups.last], prepend=counted[0]) if groups.contiguous
+                           else np.bincount(groups.of_row[1:], np.diff(counted), minlength=len(groups.keys)))
+        return totals, np.diff(samples[labels[0]].to_numpy(float))
+    totals = {key: np.zeros(len(groups.keys)) for key in CUMULATIVE}
+    interval_charge_Ah = np.empty(max(len(t) - 1, 0))
+    for start in range(0, len(t) - 1, INTEGRATION_CHUNK_ROWS):
+        end = min(start + INTEGRATION_CHUNK_ROWS, len(t) - 1)  # intervals start..end-1: rows start..end
+        rows = slice(start, end + 1)
+        parts = trapezoid_arrays(t[rows], i[rows], v[rows] * i[rows])
+        cycle_of_interval = groups.of_row[start + 1:end + 1]
+        for key, part in zip(CUMULATIVE, ("charge_Ah", "discharge_Ah", "charge_Wh", "discharge_Wh")):
+            totals[key] += np.bincount(cycle_of_interval, weights=parts[part], minlength=len(groups.keys))
+        interval_charge_Ah[start:end] = parts["charge_Ah"]
+    return totals, interval_charge_Ah
 
 
 def rest_noise_Ah(charges_Ah: Sequence[float]) -> float:
@@ -156,12 +197,15 @@ def _cv_phase_per_cycle(samples: pd.DataFrame, events: Sequence[dict[str, Any]],
     CV phase is found from the samples (`_cv_found_in_data`)."""
     if STEP_COUNT not in samples:
         return np.full(len(cycles), np.nan), np.full(len(cycles), np.nan)
-    steps = samples[STEP_COUNT].to_numpy()
-    types = samples[STEP_TYPE].astype(str).to_numpy() if STEP_TYPE in samples else np.full(len(steps), "")
-    cv_rows = np.isin(types, ("CV", "CV_CHG"))
+    steps = Groups.of(samples[STEP_COUNT].to_numpy())
+    # a step's type is its first row's: classified once per step, not per row
+    types = (samples[STEP_TYPE].iloc[steps.first].astype(str).to_numpy() if STEP_TYPE in samples
+             else np.full(len(steps.keys), ""))
+    cv_rows = np.isin(types, ("CV", "CV_CHG"))[steps.of_row]
     if not events:
         cv_rows |= _cv_found_in_data(samples, steps, types)
-    in_cv = cv_rows[1:] & cv_rows[:-1] & (steps[1:] == steps[:-1])  # both ends of the interval in CV
+    same_step = steps.of_row[1:] == steps.of_row[:-1]
+    in_cv = cv_rows[1:] & cv_rows[:-1] & same_step  # both ends of the interval in CV
     t = samples[TIME].to_numpy(float)
     cv_time = per_cycle(np.where(in_cv, np.diff(t), 0.0))
     cv_charge = per_cycle(np.where(in_cv, interval_charge_Ah, 0.0))
@@ -177,30 +221,31 @@ def _cv_phase_per_cycle(samples: pd.DataFrame, events: Sequence[dict[str, Any]],
     return cv_time, cv_charge
 
 
-def _cv_found_in_data(samples: pd.DataFrame, steps: np.ndarray, types: np.ndarray) -> np.ndarray:
+def _cv_found_in_data(samples: pd.DataFrame, steps: Groups, types: np.ndarray) -> np.ndarray:
     """Rows of charge steps (typed CCCV or untyped charge) from the first that meets the runner's
     own CV-entry rule, with the step's largest current for the CC setpoint and its final voltage
     for the CV setpoint: current below CV_CURRENT_FRACTION of the one, voltage within
     CV_VOLTAGE_FRACTION of the other."""
-    frame = pd.DataFrame({"step": steps, "v": samples[VOLTAGE].to_numpy(float),
-                          "i": samples[CURRENT].to_numpy(float)})
-    by_step = frame.groupby("step", sort=False)
-    final_v = by_step["v"].transform("last").to_numpy()
-    largest_i = by_step["i"].transform("max").to_numpy()
-    charging = by_step["i"].transform("mean").to_numpy() > 0
+    v = samples[VOLTAGE].to_numpy(float)
+    i = samples[CURRENT].to_numpy(float)
+    row_step = steps.of_row
     eligible = np.char.startswith(types.astype(str), "CCCV") | np.isin(types, ("", "nan", "CHG", "UNKNOWN"))
-    entered = (eligible & charging & (frame["i"].to_numpy() < CV_CURRENT_FRACTION * largest_i)
-               & (np.abs(frame["v"].to_numpy() - final_v) <= CV_VOLTAGE_FRACTION * np.abs(final_v)))
-    return pd.Series(entered).groupby(steps, sort=False).cummax().to_numpy()
+    charging = steps.reduce(i, "sum") > 0
+    final_v = v[steps.last][row_step]
+    entered = ((eligible & charging)[row_step] & (i < CV_CURRENT_FRACTION * steps.reduce(i, "max")[row_step])
+               & (np.abs(v - final_v) <= CV_VOLTAGE_FRACTION * np.abs(final_v)))
+    rows = np.arange(len(v))
+    first_entered = steps.reduce(np.where(entered, rows, len(v)).astype(float), "min")
+    return rows >= first_entered[row_step]
 
 
-def _per_group(samples: pd.DataFrame, columns: list[str], group: pd.Series, n: int, how: str) -> np.ndarray:
-    if not columns:
-        return np.full(n, np.nan)
-    values = samples[columns].apply(pd.to_numeric, errors="coerce")
-    reduced = getattr(values.groupby(group.to_numpy()), how)()
-    across = reduced.min(axis=1) if how == "min" else reduced.max(axis=1)
-    return across.reindex(range(n)).to_numpy(float)
+def _across(samples: pd.DataFrame, columns: list[str], groups: Groups, how: str) -> np.ndarray:
+    """Per group, the min or max over several columns (sensors); NaN where none has a value."""
+    per_column = [groups.reduce(samples[name].to_numpy(float), how) for name in columns]
+    if not per_column:
+        return np.full(len(groups.keys), np.nan)
+    with np.errstate(all="ignore"):
+        return (np.fmin if how == "min" else np.fmax).reduce(np.vstack(per_column), axis=0)
 
 
 def _held_per_cycle(events: Sequence[dict[str, Any]], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

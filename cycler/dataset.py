@@ -124,8 +124,10 @@ def _read_csv(path: Path, columns: set[str] | None) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
+    import pyarrow.parquet
+
+    try:  # column by column into pandas, freeing Arrow's copy as it goes: half the peak memory
+        return pyarrow.parquet.read_table(path).to_pandas(split_blocks=True, self_destruct=True)
     except (OSError, ValueError) as error:
         raise InvalidInput(f"{path}: not a readable Parquet file ({error})") from None
 
@@ -158,8 +160,10 @@ def _bdf(frame: pd.DataFrame, path: Path, wanted: set[str] | None) -> pd.DataFra
     if wanted is not None:
         frame = frame[[name for name in frame.columns if name in wanted]]
     for name in REQUIRED:
-        frame[name] = pd.to_numeric(frame[name], errors="coerce")
-    return frame.dropna(subset=list(REQUIRED)).reset_index(drop=True)
+        if not pd.api.types.is_float_dtype(frame[name]):
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    unreadable = frame[list(REQUIRED)].isna().any(axis=1)
+    return frame[~unreadable].reset_index(drop=True) if unreadable.any() else frame  # no copy when clean
 
 
 def _bitrode(path: Path, first_line: str) -> pd.DataFrame:

@@ -45,23 +45,34 @@ def trapezoid_parts(t0: float, i0: float, p0: float, t1: float, i1: float, p1: f
 
 def trapezoid_arrays(t: np.ndarray, i: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """`trapezoid_parts` for every interval between successive rows at once: per interval (one
-    shorter than the inputs) the charge and discharge Ah and Wh, each as a magnitude."""
-    dt_h = np.maximum(np.diff(t), 0.0) / 3600.0
+    shorter than the inputs) the charge and discharge Ah and Wh, each as a magnitude. Written
+    in place where it can be: ten million rows must not take ten temporary copies."""
+    half_dt_h = np.diff(t)
+    np.maximum(half_dt_h, 0.0, out=half_dt_h)
+    half_dt_h *= 0.5 / 3600.0
     i0, i1, p0, p1 = i[:-1], i[1:], p[:-1], p[1:]
-    straddles = i0 * i1 < 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.where(straddles, i0 / (i0 - i1), 1.0)  # fraction of the interval before the crossing
-    # part before the crossing (the whole interval when there is none) and part after it
-    ah_a = np.where(straddles, i0 / 2 * f, (i0 + i1) / 2) * dt_h
-    wh_a = np.where(straddles, p0 / 2 * f, (p0 + p1) / 2) * dt_h
-    ah_b = np.where(straddles, i1 / 2 * (1 - f), 0.0) * dt_h
-    wh_b = np.where(straddles, p1 / 2 * (1 - f), 0.0) * dt_h
-    return {
-        "charge_Ah": np.where(ah_a >= 0, ah_a, 0.0) + np.where(ah_b > 0, ah_b, 0.0),
-        "discharge_Ah": np.where(ah_a < 0, -ah_a, 0.0) + np.where(ah_b < 0, -ah_b, 0.0),
-        "charge_Wh": np.where(ah_a >= 0, wh_a, 0.0) + np.where(ah_b > 0, wh_b, 0.0),
-        "discharge_Wh": np.where(ah_a < 0, -wh_a, 0.0) + np.where(ah_b < 0, -wh_b, 0.0),
-    }
+    ah = np.add(i0, i1)
+    ah *= half_dt_h
+    wh = np.add(p0, p1)
+    wh *= half_dt_h
+    charging = ah > 0
+    parts = {"charge_Ah": np.where(charging, ah, 0.0), "charge_Wh": np.where(charging, wh, 0.0)}
+    ah -= parts["charge_Ah"]  # what is left is the discharge, negative
+    wh -= parts["charge_Wh"]
+    np.negative(ah, out=ah)
+    np.negative(wh, out=wh)
+    parts["discharge_Ah"], parts["discharge_Wh"] = ah, wh
+    # the few intervals in which the current changes sign are split at the zero crossing
+    k = np.flatnonzero(i0 * i1 < 0)
+    f = i0[k] / (i0[k] - i1[k])  # fraction of the interval before the crossing
+    before_ah, before_wh = i0[k] * f * half_dt_h[k], p0[k] * f * half_dt_h[k]
+    after_ah, after_wh = i1[k] * (1 - f) * half_dt_h[k], p1[k] * (1 - f) * half_dt_h[k]
+    first_charges = i0[k] > 0
+    parts["charge_Ah"][k] = np.where(first_charges, before_ah, after_ah)
+    parts["discharge_Ah"][k] = -np.where(first_charges, after_ah, before_ah)
+    parts["charge_Wh"][k] = np.where(first_charges, before_wh, after_wh)
+    parts["discharge_Wh"][k] = -np.where(first_charges, after_wh, before_wh)
+    return parts
 
 
 class Integrator:
