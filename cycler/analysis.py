@@ -49,6 +49,8 @@ SUMMARY_COLUMNS = {
     "paused_s": "Paused Time / s",
     "charge_throughput_Ah": "Charge Throughput / Ah",
     "equivalent_full_cycles": "Equivalent Full Cycles / 1",
+    "specific_energy_Wh_per_kg": "Specific Energy / Wh/kg",
+    "energy_density_Wh_per_L": "Energy Density / Wh/L",
     "start_time_s": "Cycle Start Time / s",
     "duration_s": "Cycle Duration / s",
 }
@@ -66,9 +68,26 @@ SUMMARY_INPUTS = (CYCLE, TIME, VOLTAGE, CURRENT, STEP_COUNT, STEP_TYPE, PRESSURE
                   *(f"Temperature T{k} / degC" for k in range(1, 6)))
 
 
-def summarise(data: Dataset, eol_retention: float = DEFAULT_EOL_RETENTION) -> pd.DataFrame:
-    """The per-cycle table of a dataset (its events and DUT are used where it has them)."""
-    return cycle_summary(data.samples, data.events, eol_retention, data.dut.get("nominal_capacity_Ah"))
+def summarise(data: Dataset, eol_retention: float = DEFAULT_EOL_RETENTION, mass_kg: float | None = None,
+              volume_L: float | None = None) -> pd.DataFrame:
+    """The per-cycle table of a dataset (its events and DUT are used where it has them; mass and
+    volume, for energy density, default to the DUT's)."""
+    dut = data.dut
+    return cycle_summary(data.samples, data.events, eol_retention, dut.get("nominal_capacity_Ah"),
+                         mass_kg if mass_kg is not None else dut.get("mass_kg"),
+                         volume_L if volume_L is not None else dut.get("volume_L"))
+
+
+def fixture_note(dut: dict[str, Any]) -> str | None:
+    """A warning for energy densities that may include the pressure fixture, with which an
+    all-solid-state prototype's figures mean nothing (battery-testing.md §12); None if excluded."""
+    if dut.get("mass_kg") is None and dut.get("volume_L") is None:
+        return None
+    if dut.get("fixture_excluded") is True:
+        return None
+    if dut.get("fixture_excluded") is False:
+        return "energy densities include the pressure fixture: not comparable with a cell's"
+    return "energy densities: the DUT's mass and volume do not say whether the pressure fixture is excluded"
 
 
 @dataclass(frozen=True)
@@ -104,8 +123,8 @@ class Groups:
 
 
 def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
-                  eol_retention: float = DEFAULT_EOL_RETENTION,
-                  nominal_capacity_Ah: float | None = None) -> pd.DataFrame:
+                  eol_retention: float = DEFAULT_EOL_RETENTION, nominal_capacity_Ah: float | None = None,
+                  mass_kg: float | None = None, volume_L: float | None = None) -> pd.DataFrame:
     """One row per cycle, columns labelled as in SUMMARY_COLUMNS."""
     if samples.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS.values()))
@@ -153,6 +172,9 @@ def cycle_summary(samples: pd.DataFrame, events: Sequence[dict[str, Any]] = (),
     out["charge_throughput_Ah"] = np.cumsum(charge)
     out["equivalent_full_cycles"] = (np.cumsum(charge + discharge) / (2 * nominal_capacity_Ah)
                                      if nominal_capacity_Ah else np.full(n, np.nan))
+    delivered = np.where(discharge > noise, out["discharge_energy_Wh"], np.nan)
+    out["specific_energy_Wh_per_kg"] = delivered / mass_kg if mass_kg else np.full(n, np.nan)
+    out["energy_density_Wh_per_L"] = delivered / volume_L if volume_L else np.full(n, np.nan)
     return pd.DataFrame({SUMMARY_COLUMNS[key]: out[key] for key in SUMMARY_COLUMNS})
 
 

@@ -368,19 +368,23 @@ eol_option = click.option("--eol", "eol_retention", type=click.FloatRange(0, 1, 
 @eol_option
 @click.option("--json", "as_json", is_flag=True, help="Print one object per cycle (keys: docs/results.md).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print every column as CSV.")
-def summary(path, runs_dir, eol_retention, as_json, as_csv):
+@click.option("--mass-kg", type=click.FloatRange(0, min_open=True), default=None,
+              help="DUT mass for Wh/kg (default: the bench's DUT mass_kg).")
+@click.option("--volume-l", "volume_L", type=click.FloatRange(0, min_open=True), default=None,
+              help="DUT volume in litres for Wh/L (default: the bench's DUT volume_L).")
+def summary(path, runs_dir, eol_retention, as_json, as_csv, mass_kg, volume_L):
     """Per-cycle results of PATH: a run folder (also while it runs), a run's name, or a Battery Data
     Format CSV/Parquet file or Bitrode CSV export from another cycler.
 
     Charge and discharge capacity and energy, coulombic and energy efficiency, retention against
     the first full cycle, mean voltages, CV phase, temperature, pressure, time paused."""
-    from .analysis import summarise, summary_records
+    from .analysis import fixture_note, summarise, summary_records
     from .dataset import load as load_data
     from .summaryview import end_of_life_line, summary_table
 
     try:
         data = load_data(_data_path(path, runs_dir))
-        table = summarise(data, eol_retention)
+        table = summarise(data, eol_retention, mass_kg, volume_L)
     except StackcyclerError as error:
         _fail(error)
         return
@@ -394,6 +398,9 @@ def summary(path, runs_dir, eol_retention, as_json, as_csv):
         wide = console if console.is_terminal else Console(highlight=False, width=160)  # a file is not 80 wide
         wide.print(summary_table(table, f"{data.source} ({data.kind})"))
         console.print(end_of_life_line(table, eol_retention), markup=False)
+        note = None if mass_kg or volume_L else fixture_note(data.dut)  # given by hand: the user knows
+        if note:
+            console.print(f"note: {note}", markup=False)
 
 
 @main.command(epilog=EXIT_CODE_HELP)

@@ -25,6 +25,8 @@ TERMINAL_COLUMNS = (
     ("max_temperature_degC", "T max\n°C", "{:.1f}"),
     ("max_pressure_MPa", "p max\nMPa", "{:.2f}"),
     ("paused_s", "paused\ns", "{:.0f}"),
+    ("specific_energy_Wh_per_kg", "Wh/kg", "{:.1f}"),
+    ("energy_density_Wh_per_L", "Wh/L", "{:.1f}"),
 )
 SCALE = {"cv_time_s": 1 / 60}
 

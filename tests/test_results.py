@@ -357,3 +357,24 @@ def test_cycles_out_of_order_are_summarised_per_cycle_number():
     summary = cycle_summary(data)
     assert list(summary[C["cycle"]]) == [1, 2]
     assert list(summary[C["discharge_capacity_Ah"]]) == pytest.approx([0.72, 0.9])
+
+
+def test_energy_density_of_the_leaf_cell_from_its_datasheet_mass_and_volume():
+    """799 g, 290 x 216 x 7.1 mm (the data's README): the 1C discharge gives about 143 Wh/kg."""
+    data = load(LEAF / "1C-Discharge-Bitrode-data.csv")
+    volume_L = 29.0 * 21.6 * 0.71 / 1000
+    summary = summarise(data, mass_kg=0.799, volume_L=volume_L).set_index(C["cycle"])
+    energy = summary.loc[2, C["discharge_energy_Wh"]]
+    assert summary.loc[2, C["specific_energy_Wh_per_kg"]] == pytest.approx(energy / 0.799)
+    assert summary.loc[2, C["energy_density_Wh_per_L"]] == pytest.approx(energy / volume_L)
+    assert 140 < summary.loc[2, C["specific_energy_Wh_per_kg"]] < 146
+    assert np.isnan(summary.loc[1, C["specific_energy_Wh_per_kg"]])  # cycle 1 only charged
+
+
+def test_energy_densities_are_flagged_unless_the_fixture_is_said_to_be_excluded():
+    from stackcycler.analysis import fixture_note
+
+    assert fixture_note({}) is None
+    assert "do not say" in fixture_note({"mass_kg": 1.0})
+    assert "include the pressure fixture" in fixture_note({"mass_kg": 1.0, "fixture_excluded": False})
+    assert fixture_note({"volume_L": 0.5, "fixture_excluded": True}) is None
