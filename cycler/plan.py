@@ -50,6 +50,8 @@ MAX_TIME_BOUND_S = 400 * 86400.0  # longer than any real step: a unit mistake or
 # (Arbin's default current safety scope sits at 105 % of the step current).
 CURRENT_LIMIT_MARGIN = 0.02
 
+TIME_POINT_TOLERANCE_S = 1e-9  # waveform time points are reached within rounding of the summed ticks
+
 
 # --- what a tick offers to end conditions ---------------------------------------------------
 
@@ -150,7 +152,8 @@ class Waveform:
         t = step_time_s % self.period_s if self.period_s > 0 else 0.0
         times = np.asarray(self.times_s)
         if self.interpolation == "step":
-            return self.values[max(int(np.searchsorted(times, t, side="right")) - 1, 0)]
+            # a step time a rounding error short of a time point is at that point (0.1 s ticks add up to 79.999...)
+            return self.values[max(int(np.searchsorted(times, t + TIME_POINT_TOLERANCE_S, side="right")) - 1, 0)]
         return float(np.interp(t, times, self.values))
 
     def next_point_after(self, step_time_s: float) -> float:
@@ -158,7 +161,7 @@ class Waveform:
         if self.period_s <= 0:
             return math.inf
         passes, t = divmod(step_time_s, self.period_s)
-        k = bisect.bisect_right(self.times_s, t + 1e-9)
+        k = bisect.bisect_right(self.times_s, t + TIME_POINT_TOLERANCE_S)
         following = self.times_s[k] if k < len(self.times_s) else self.period_s + self.times_s[0]
         return passes * self.period_s + following
 

@@ -363,3 +363,13 @@ steps:
     # the charge is the profile's own: 10.5 s at +0.5, 9.75 s at -0.5, 9.75 s at +0.5, each pass
     net = samples["Charging Capacity / Ah"].iloc[-1] - samples["Discharging Capacity / Ah"].iloc[-1]
     assert net == pytest.approx(2 * (10.5 * 0.5 - 9.75 * 0.5 + 9.75 * 0.5) / 3600, abs=2e-5)
+
+
+def test_a_pulse_segment_starts_when_summed_ticks_land_a_rounding_error_short_of_it():
+    from stackcycler.plan import Waveform
+
+    pulse = Waveform("current", (0.0, 30.0, 70.0, 80.0), (-3.0, 0.0, 2.25, 0.0), "step", 90.0)
+    ticks = sum([0.1] * 800)  # 79.99999999999...: eight hundred 0.1 s ticks
+    assert ticks < 80.0
+    assert pulse.value_at(ticks) == 0.0  # the regen segment ended at 80 s, not a tick later
+    assert pulse.next_point_after(ticks) == 90.0
