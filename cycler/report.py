@@ -20,6 +20,7 @@ from stackcycler import __version__
 from . import plots
 from .analysis import SUMMARY_COLUMNS, summarise
 from .dataset import Dataset
+from .pulses import dcir_two_level, hppc, resistance_column
 from .store import SUMMARY_FILE
 
 REPORT_FOLDER = "report"
@@ -48,13 +49,21 @@ def write_report(data: Dataset, out_dir: Path | None = None, eol_retention: floa
                           data.source.with_name(data.source.name.split(".")[0] + "-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(data, eol_retention)
+    blocks = hppc(data.samples, nominal_capacity_Ah=data.dut.get("nominal_capacity_Ah"))
+    dcir = dcir_two_level(data.samples)
     figures = _figures(data, summary, out_dir)
+    if len(blocks):
+        figures.append(("HPPC resistance against state of charge",
+                        _hppc_figure(blocks, out_dir / f"{len(figures) + 1:02d}-hppc-resistance.png")))
     sections = [
         _header(data),
         _section("Test", _test_table(data)),
         _section("Result", _result(data, summary, eol_retention)),
         _section("Events and trips", _events(data)),
         _section("Per cycle", _summary_table(summary)),
+        *([_section("DC internal resistance (IEC 61960, two levels)", _table(dcir))] if len(dcir) else []),
+        *([_section("HPPC blocks", _table(blocks) + f"<p class='muted'>{_e(_hppc_basis(blocks))}</p>")]
+          if len(blocks) else []),
         *(_section(title, _image(path)) for title, path in figures),
         _section("Protocol as run", _protocol(data)),
         f'<p class="muted">stackcycler {__version__} · sign convention: current positive for charge · '
@@ -160,6 +169,31 @@ def _events(data: Dataset) -> str:
     return (f"<p>{steps} steps completed; {sum(1 for e in notable if e.get('event') in TRIPS)} trips or faults.</p>"
             "<table><tr><th>test time / h</th><th>time</th><th>event</th><th>details</th></tr>"
             + "".join(rows) + "</table>" + more)
+
+
+def _hppc_figure(blocks: pd.DataFrame, path: Path) -> Path:
+    soc = 100 * blocks["soc"].to_numpy(float)
+    series = [(f"{name} {when}", soc, 1000 * blocks[column].to_numpy(float))
+              for name in ("discharge", "regen")
+              for when, column in (("at pulse end", f"resistance_{name}_end_ohm"),
+                                   ("1 s after the edge", resistance_column(1.0, f"resistance_{name}")))
+              if column in blocks and blocks[column].notna().any()]
+    return plots.curves(series, path, "HPPC resistance against state of charge", "state of charge / %",
+                        "resistance / mΩ", markers=True)
+
+
+def _hppc_basis(blocks: pd.DataFrame) -> str:
+    attrs = blocks.attrs
+    return (f"SOC: {attrs.get('soc_basis', '')}, against {attrs.get('capacity_Ah', float('nan')):.4g} Ah "
+            f"({attrs.get('capacity_source', '')}); pulse power between {attrs.get('v_min_V')} V and "
+            f"{attrs.get('v_max_V')} V (FreedomCAR convention), R at the {attrs.get('power_resistance', '')}.")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{_e(name)}</th>" for name in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td class='num'>{_format(v)}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _summary_table(summary: pd.DataFrame) -> str:

@@ -378,3 +378,13 @@ def test_energy_densities_are_flagged_unless_the_fixture_is_said_to_be_excluded(
     assert "do not say" in fixture_note({"mass_kg": 1.0})
     assert "include the pressure fixture" in fixture_note({"mass_kg": 1.0, "fixture_excluded": False})
     assert fixture_note({"volume_L": 0.5, "fixture_excluded": True}) is None
+
+
+def test_the_report_of_an_hppc_file_has_its_blocks_and_the_resistance_figure(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(LEAF / "NissanLeaf-cell-Low-Current-HPPC-25C-2.csv"),
+                                       "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<h2>HPPC blocks</h2>" in page and "<h2>HPPC resistance against state of charge</h2>" in page
+    assert page.count("<tr><td class='num'>") >= 10  # ten blocks, as the Bitrode program ran them
+    assert (tmp_path / "r" / "03-hppc-resistance.png").exists()
