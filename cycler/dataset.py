@@ -15,6 +15,7 @@ Whatever the source, current is positive for charge (BDF), and pressure is `Pres
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,6 +34,7 @@ STEP_COUNT = "Step Count / 1"
 STEP_ID = "Step ID"
 STEP_TYPE = "Step Type"
 PRESSURE = "Pressure / MPa"
+LAYER = re.compile(r"^Layer (\d+) Voltage / V$")  # per-layer voltages: an extension, BDF has none yet
 REQUIRED = (TIME, VOLTAGE, CURRENT)
 
 # BDF machine names and labels of older BDF writers, for the columns the analysis uses.
@@ -182,6 +184,16 @@ def _bitrode(path: Path, first_line: str) -> pd.DataFrame:
     }).dropna(subset=list(REQUIRED)).reset_index(drop=True)
     frame[STEP_COUNT] = step_counter(frame[STEP_ID].to_numpy(), frame["Step Time / s"].to_numpy())
     return frame
+
+
+def layer_columns(samples: pd.DataFrame) -> list[str]:
+    """The per-layer voltage columns, in layer order."""
+    return sorted((name for name in samples.columns if LAYER.match(str(name))),
+                  key=lambda name: int(LAYER.match(name).group(1)))
+
+
+def layer_number(column: str) -> int:
+    return int(LAYER.match(column).group(1))
 
 
 def step_counter(step_ids: np.ndarray, step_times: np.ndarray) -> np.ndarray:

@@ -18,10 +18,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .analysis import SUMMARY_COLUMNS  # noqa: E402
-from .dataset import CURRENT, PRESSURE, TIME, VOLTAGE  # noqa: E402
+from .dataset import CURRENT, PRESSURE, TIME, VOLTAGE, layer_columns, layer_number  # noqa: E402
 
 MAX_POINTS = 4000  # per line: more than a 1600-pixel-wide figure can show
-LAYER = re.compile(r"^Layer (\d+) Voltage / V$")
 TEMPERATURE = re.compile(r"^(Temperature T\d|Ambient Temperature|Surface Temperature) / degC$")
 DPI = 110
 
@@ -91,10 +90,6 @@ def capacity_efficiency(summary: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
-def layer_columns(samples: pd.DataFrame) -> list[str]:
-    return sorted((name for name in samples.columns if LAYER.match(name)), key=lambda n: int(LAYER.match(n).group(1)))
-
-
 def layer_heat_map(samples: pd.DataFrame, path: Path) -> Path | None:
     """Each layer's deviation from the mean layer voltage over time: a weak or shorting layer
     shows as a band of its own colour; absolute voltages would hide it under the state of charge."""
@@ -113,7 +108,7 @@ def layer_heat_map(samples: pd.DataFrame, path: Path) -> Path | None:
     colorbar = figure.colorbar(image, ax=axis)
     colorbar.set_label("layer voltage − mean of layers / mV")
     axis.set_yticks(np.arange(1, len(columns) + 1))
-    axis.set_yticklabels([f"{int(LAYER.match(c).group(1)):02d}" for c in columns], fontsize=7)
+    axis.set_yticklabels([f"{layer_number(c):02d}" for c in columns], fontsize=7)
     axis.set_ylabel("layer")
     axis.set_xlabel("test time / h")
     axis.set_title("Layer voltages: deviation from the mean layer")
