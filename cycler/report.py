@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from stackcycler import __version__
@@ -20,6 +21,10 @@ from stackcycler import __version__
 from . import plots
 from .analysis import SUMMARY_COLUMNS, summarise
 from .dataset import Dataset
+from .dataset import layer_columns
+from .errors import InvalidInput
+from .ica import incremental_capacity
+from .layers import StackDiagnosis, diagnose
 from .pulses import dcir_two_level, hppc, resistance_column
 from .store import SUMMARY_FILE
 
@@ -51,7 +56,11 @@ def write_report(data: Dataset, out_dir: Path | None = None, eol_retention: floa
     summary = summarise(data, eol_retention)
     blocks = hppc(data.samples, nominal_capacity_Ah=data.dut.get("nominal_capacity_Ah"))
     dcir = dcir_two_level(data.samples)
+    stack = diagnose(data)
     figures = _figures(data, summary, out_dir)
+    ica_path = _ica_figure(data, summary, out_dir / f"{len(figures) + 1:02d}-incremental-capacity.png")
+    if ica_path is not None:
+        figures.append(("Incremental capacity (dQ/dV) of selected discharges", ica_path))
     if len(blocks):
         figures.append(("HPPC resistance against state of charge",
                         _hppc_figure(blocks, out_dir / f"{len(figures) + 1:02d}-hppc-resistance.png")))
@@ -61,6 +70,7 @@ def write_report(data: Dataset, out_dir: Path | None = None, eol_retention: floa
         _section("Result", _result(data, summary, eol_retention)),
         _section("Events and trips", _events(data)),
         _section("Per cycle", _summary_table(summary)),
+        *([_section("Stack layers", _stack(stack))] if layer_columns(data.samples) else []),
         *([_section("DC internal resistance (IEC 61960, two levels)", _table(dcir))] if len(dcir) else []),
         *([_section("HPPC blocks", _table(blocks) + f"<p class='muted'>{_e(_hppc_basis(blocks))}</p>")]
           if len(blocks) else []),
@@ -169,6 +179,44 @@ def _events(data: Dataset) -> str:
     return (f"<p>{steps} steps completed; {sum(1 for e in notable if e.get('event') in TRIPS)} trips or faults.</p>"
             "<table><tr><th>test time / h</th><th>time</th><th>event</th><th>details</th></tr>"
             + "".join(rows) + "</table>" + more)
+
+
+# dQ/dV of at most this many discharges: the first full cycle, the last, and evenly between
+ICA_CYCLES = 4
+
+
+def _ica_figure(data: Dataset, summary: pd.DataFrame, path: Path) -> Path | None:
+    full = summary[summary[SUMMARY_COLUMNS["coulombic_efficiency"]].notna()][SUMMARY_COLUMNS["cycle"]].to_numpy()
+    if not len(full):
+        return None
+    chosen = sorted({int(full[k]) for k in np.linspace(0, len(full) - 1, min(ICA_CYCLES, len(full))).round().astype(int)})
+    series = []
+    for cycle in chosen:
+        try:
+            curve = incremental_capacity(data.samples, cycle, "discharge", layers=data.dut.get("layers"))
+        except InvalidInput:
+            continue  # no discharge in that cycle after all
+        series.append((f"cycle {cycle}", curve["voltage_V"].to_numpy(), curve["dq_dv_Ah_per_V"].to_numpy()))
+    if not series:
+        return None
+    fwhm = curve.attrs["fwhm_V"]
+    return plots.curves(series, path, f"Incremental capacity of the discharge (Gaussian smoothing, FWHM {fwhm * 1000:.0f} mV)",
+                        "voltage / V", "dQ/dV / Ah/V")
+
+
+def _stack(stack: StackDiagnosis) -> str:
+    parts = ["<h3>Weakest layer per cycle</h3>", _table(stack.cycles)]
+    if len(stack.layers):
+        last = stack.layers[stack.layers["cycle"] == stack.layers["cycle"].max()]
+        parts += [f"<h3>Layers in cycle {int(last['cycle'].iloc[0])}</h3>",
+                  _table(last[["layer", "end_of_charge_V", "end_of_discharge_V", "discharge_capacity_Ah",
+                               "reached_discharge_cutoff", "relative_capacity"]])]
+    parts.append("<h3>Suspected internal shorts</h3>")
+    parts.append(_table(stack.shorts) if len(stack.shorts) else "<p>none, by the runner's detector or in the data</p>")
+    parts += [f"<p class='muted'>{_e(note)}</p>" for note in stack.notes]
+    parts.append("<p class='muted'>Definitions: stackcycler.layers (relative capacity: charge through a voltage "
+                 "window every layer crossed, against the median layer's).</p>")
+    return "".join(parts)
 
 
 def _hppc_figure(blocks: pd.DataFrame, path: Path) -> Path:

@@ -331,9 +331,9 @@ def test_report_renders_with_its_figures(sim_run, tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["01-voltage-and-current.png", "02-capacity-and-efficiency-per-cycle.png",
-                    "03-layer-voltages.png", "04-temperature-and-pressure.png"]
+                    "03-layer-voltages.png", "04-temperature-and-pressure.png", "05-incremental-capacity.png"]
     assert page.count("data:image/png;base64,") == len(pngs)  # self-contained
-    for heading in ("Test", "Result", "Events and trips", "Per cycle", "Protocol as run"):
+    for heading in ("Test", "Result", "Events and trips", "Per cycle", "Stack layers", "Protocol as run"):
         assert f"<h2>{heading}</h2>" in page
     assert "sim-assb-23L-001" in page and "capacity-check" in page
 
