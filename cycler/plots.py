@@ -91,28 +91,39 @@ def capacity_efficiency(summary: pd.DataFrame, path: Path) -> Path:
 
 
 def layer_heat_map(samples: pd.DataFrame, path: Path) -> Path | None:
-    """Each layer's deviation from the mean layer voltage over time: a weak or shorting layer
-    shows as a band of its own colour; absolute voltages would hide it under the state of charge."""
+    """The layer voltage spread (highest − lowest layer) over time, and under it each layer's
+    deviation from the mean layer voltage: a weak or shorting layer shows as a band of its own
+    colour; absolute voltages would hide it under the state of charge."""
     columns = layer_columns(samples)
     if not columns:
         return None
     hours = _hours(samples)
     values = samples[columns].to_numpy(float)
+    with np.errstate(all="ignore"):
+        spread_mV = (np.nanmax(values, axis=1) - np.nanmin(values, axis=1)) * 1000.0
     rows = np.linspace(0, len(hours) - 1, min(len(hours), 1500)).astype(int)  # one column per pixel or so
     layer_v = values[rows]
     deviation_mV = (layer_v - np.nanmean(layer_v, axis=1, keepdims=True)) * 1000.0
     limit = np.nanpercentile(np.abs(deviation_mV), 99) if np.isfinite(deviation_mV).any() else 1.0
-    figure, axis = plt.subplots(figsize=(11, 0.22 * len(columns) + 2))
+    figure, (top, axis) = plt.subplots(2, 1, figsize=(11, 0.22 * len(columns) + 4.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [1, max(2, len(columns) // 5)]},
+                                       layout="constrained")
+    x, y = thin(hours, spread_mV)
+    top.plot(x, y, color="tab:gray", linewidth=0.9)
+    top.set_ylabel("spread / mV")
+    top.set_title("Layer voltages: spread (highest − lowest layer), and each layer against the mean")
+    top.grid(alpha=0.3)
     image = axis.pcolormesh(hours[rows], np.arange(1, len(columns) + 1), deviation_mV.T, cmap="coolwarm",
                             vmin=-limit, vmax=limit, shading="nearest")
-    colorbar = figure.colorbar(image, ax=axis)
+    colorbar = figure.colorbar(image, ax=axis, location="right")
     colorbar.set_label("layer voltage − mean of layers / mV")
     axis.set_yticks(np.arange(1, len(columns) + 1))
     axis.set_yticklabels([f"{layer_number(c):02d}" for c in columns], fontsize=7)
     axis.set_ylabel("layer")
     axis.set_xlabel("test time / h")
-    axis.set_title("Layer voltages: deviation from the mean layer")
-    return _save(figure, path)
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
 
 
 def temperature_pressure(samples: pd.DataFrame, path: Path) -> Path | None:
