@@ -354,8 +354,9 @@ def check(run_name, expectations, runs_dir, as_json, newest):
 
 
 def _data_path(path: str, runs_dir: Path) -> Path:
-    """A data file or run folder as given, else a run found by (a piece of) its name."""
-    return Path(path) if Path(path).exists() else find_run(path, runs_dir)
+    """A data file or run folder as given, else a run found by (a piece of) its name: the newest
+    run of that name, as after `cycler run NAME` (commands that only read may pick it)."""
+    return Path(path) if Path(path).exists() else find_run(path, runs_dir, newest=True)
 
 
 eol_option = click.option("--eol", "eol_retention", type=click.FloatRange(0, 1, min_open=True), default=0.8,
