@@ -672,14 +672,18 @@ def queue_group() -> None:
               help="Earliest start: 22:00 (the next time the clock shows it) or an ISO time.")
 @click.option("--on-failure", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
               help="stop: a failure skips the items still queued for this bench and channel; skip: go on.")
+@click.option("--on-interrupt", type=click.Choice(["leave", "resume"]), default="leave", show_default=True,
+              help="If the worker dies mid-item (crash, kill, power cut): leave it for `cycler resume`, or have "
+                   "the next worker resume it when the DUT is where the run left it.")
 @runs_dir_option
-def queue_add(protocol, bench, channel, dut_id, overrides, after, at_text, on_failure, runs_dir):
+def queue_add(protocol, bench, channel, dut_id, overrides, after, at_text, on_failure, on_interrupt, runs_dir):
     """Queue PROTOCOL on a bench, checked now exactly as `cycler run` would check it."""
     from .queue import item_line, parse_at
 
     try:
         at = parse_at(at_text) if at_text is not None else None
-        item = _queue(runs_dir).add(protocol, bench, channel, dut_id, _overrides(overrides), after, at, on_failure)
+        item = _queue(runs_dir).add(protocol, bench, channel, dut_id, _overrides(overrides), after, at, on_failure,
+                                    on_interrupt=on_interrupt)
     except StackcyclerError as error:
         _fail(error)
         return

@@ -8,9 +8,14 @@ A worker (`cycler queue run`) takes the items in position order as their start t
 dependency (`after`) allow, runs each exactly as `cycler run` does, and records how it ended.
 One worker per queue: the worker holds an operating-system lock on `<runs-dir>/queue.lock` (gone
 with its process, so a killed worker never blocks the next), and a second worker is refused with
-the first one's pid, host and start time. An item a killed worker left `running` is marked
-`interrupted` with its run folder when the next worker starts, and is not started again: the
-technician continues it with `cycler resume RUN` or queues it again (as a new item).
+the first one's pid, host and start time. An item a killed worker left `running` (kill -9,
+a crash, a power cut) is marked `interrupted` with its run folder when the next worker starts.
+Its interruption policy says what then: `leave` (the default) leaves it for the technician, who
+continues it with `cycler resume RUN` or queues it again (as a new item); `resume` has the worker
+continue it at once, as `cycler resume` would, unless the resume check finds the DUT moved since
+the checkpoint or the run has already been resumed MAX_AUTOMATIC_RESUMES times (a run that keeps
+crashing the worker must not loop all night). An item stopped on purpose (Ctrl+C, SIGTERM,
+`cycler stop`) is never continued by itself.
 
 Item states: queued -> running -> completed | failed | interrupted; queued -> removed | skipped.
 Failure policy: `stop` (the default) skips the items still queued for the failed item's bench and
@@ -35,12 +40,14 @@ from .locks import read_holder, try_lock, write_holder
 from .notify import load_config, notify, queue_stalled_event
 from .operation import this_host
 from .runner import ProgressReporter, StopRequest
-from .session import RunRequest, execute, prepare
+from .session import KEEP_SPEED, RunRequest, execute, prepare, resume
 from .store import METADATA_FILE, read_json
 
 QUEUE_FILE = "queue.sqlite"
 WORKER_LOCK_FILE = "queue.lock"
 ON_FAILURE = ("stop", "skip")
+ON_INTERRUPT = ("leave", "resume")
+MAX_AUTOMATIC_RESUMES = 3
 STATES = ("queued", "running", "completed", "failed", "interrupted", "skipped", "removed")
 IDLE_POLL_S = 5.0  # a worker without --until-empty looks for startable items this often
 
@@ -55,6 +62,7 @@ CREATE TABLE IF NOT EXISTS items (
     after INTEGER,
     at REAL,
     on_failure TEXT NOT NULL DEFAULT 'stop',
+    on_interrupt TEXT NOT NULL DEFAULT 'leave',
     position INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'queued',
     run_folder TEXT,
@@ -84,6 +92,7 @@ class Item:
     after: int | None
     at: float | None  # Unix time of the earliest start
     on_failure: str
+    on_interrupt: str
     position: int
     state: str
     run_folder: str | None
@@ -95,7 +104,8 @@ class Item:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Item":
         return cls(row["id"], row["protocol"], row["bench"], row["channel"], row["dut_id"],
-                   json.loads(row["overrides"]), row["after"], row["at"], row["on_failure"], row["position"],
+                   json.loads(row["overrides"]), row["after"], row["at"], row["on_failure"], row["on_interrupt"],
+                   row["position"],
                    row["state"], row["run_folder"], row["reason"], row["added"], row["started"], row["ended"])
 
     def describe(self) -> str:
@@ -130,6 +140,15 @@ def _state_code(item: Item) -> int:
 _FAILURE_CODES = {"tripped": ExitCode.SAFETY_TRIP, "faulted": ExitCode.INSTRUMENT_FAULT,
                   "invalid": ExitCode.INVALID_INPUT, "storage_failure": ExitCode.STORAGE_FAILURE,
                   "error": ExitCode.SOFTWARE_ERROR}
+
+
+def _item_ending(run_state: str, run_reason: str, summary_line: str) -> tuple[str, str]:
+    """The item's state and reason from how its run ended."""
+    if run_state == "completed":
+        return "completed", summary_line
+    if run_state == "interrupted":
+        return "interrupted", f"interrupted: {run_reason}"
+    return "failed", f"{run_state}: {run_reason}"
 
 
 def parse_at(text: str, now: float | None = None) -> float:
@@ -182,6 +201,9 @@ class TestQueue:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # a queue that survives a power cut
             connection.execute(_SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(items)")}
+            if "on_interrupt" not in columns:  # a queue made before the interruption policy existed
+                connection.execute("ALTER TABLE items ADD COLUMN on_interrupt TEXT NOT NULL DEFAULT 'leave'")
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
@@ -196,10 +218,12 @@ class TestQueue:
 
     def add(self, protocol: str, bench: str, channel: str | None = None, dut_id: str | None = None,
             overrides: dict[str, float] | None = None, after: int | None = None, at: float | None = None,
-            on_failure: str = "stop", now: float | None = None) -> Item:
+            on_failure: str = "stop", now: float | None = None, on_interrupt: str = "leave") -> Item:
         """Validate the item as `cycler run` would prepare it, then queue it last."""
         if on_failure not in ON_FAILURE:
             raise InvalidInput(f"--on-failure '{on_failure}': use one of {', '.join(ON_FAILURE)}")
+        if on_interrupt not in ON_INTERRUPT:
+            raise InvalidInput(f"--on-interrupt '{on_interrupt}': use one of {', '.join(ON_INTERRUPT)}")
         overrides = dict(overrides or {})
         prepared = prepare(RunRequest(protocol=protocol, bench=bench, channel=channel, runs_dir=self.runs_dir,
                                       dut_id=dut_id, overrides=overrides))
@@ -213,10 +237,11 @@ class TestQueue:
             position = db.execute("SELECT COALESCE(MAX(position), 0) + 1 FROM items WHERE state = 'queued'"
                                   ).fetchone()[0]
             cursor = db.execute(
-                "INSERT INTO items (protocol, bench, channel, dut_id, overrides, after, at, on_failure, position, "
-                "added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (protocol, bench, channel, dut_id, overrides, after, at, on_failure, on_interrupt, "
+                "position, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_absolute_if_file(protocol), _absolute_if_file(bench), prepared.channel_name, dut_id,
-                 json.dumps(overrides), after, at, on_failure, position, time.time() if now is None else now))
+                 json.dumps(overrides), after, at, on_failure, on_interrupt, position,
+                 time.time() if now is None else now))
             return self._get(db, cursor.lastrowid)
 
     def items(self, states: tuple[str, ...] = STATES) -> list[Item]:
@@ -324,8 +349,12 @@ class TestQueue:
             report.interrupted_found = self._mark_interrupted()
             for item in report.interrupted_found:
                 log(f"item {item.id}: {item.describe()} was left running by a worker that is gone; marked "
-                    f"interrupted (run folder {item.run_folder or 'not created'}); continue it with "
-                    "`cycler resume RUN` or queue it again")
+                    f"interrupted (run folder {item.run_folder or 'not created'})"
+                    + ("" if item.on_interrupt == "resume" else "; continue it with `cycler resume RUN` or queue it again"))
+            for item in report.interrupted_found:
+                if item.on_interrupt == "resume" and not stop():
+                    report.ran.append(self._resume_item(item, speed, stop, log, reporter(item) if reporter
+                                                        else PlainReporter(prefix=f"[{item.id}] ")))
             while not stop():
                 item, waiting = self.next_item(bench, now())
                 if item is None:
@@ -386,14 +415,8 @@ class TestQueue:
             if prepared.bench.config.simulated:
                 prepared.request.speed = speed  # --speed applies to simulated benches only
             result = execute(prepared, _FolderRecorder(reporter, self, item.id), stop)
-            outcome = result.outcome
-            folder = str(Path(outcome.folder).resolve())
-            if outcome.state == "completed":
-                state, reason = "completed", result.summary_line
-            elif outcome.state == "interrupted":
-                state, reason = "interrupted", f"interrupted: {outcome.reason}"
-            else:
-                state, reason = "failed", f"{outcome.state}: {outcome.reason}"
+            folder = str(Path(result.outcome.folder).resolve())
+            state, reason = _item_ending(result.outcome.state, result.outcome.reason, result.summary_line)
         except StackcyclerError as error:
             kind = {ExitCode.INVALID_INPUT: "invalid", ExitCode.INSTRUMENT_FAULT: "faulted",
                     ExitCode.STORAGE_FAILURE: "storage_failure"}.get(error.exit_code, "error")
@@ -403,6 +426,12 @@ class TestQueue:
             stop.request("Ctrl+C")
         except Exception as error:  # a bug: the item fails, the worker says so and goes on by policy
             reason = f"error: {type(error).__name__}: {error}"
+        return self._record_ending(item, state, reason, folder, log)
+
+    def _record_ending(self, item: Item, state: str, reason: str, folder: str | None,
+                       log: Callable[[str], None]) -> Item:
+        """How the item ended, into the queue, and its failure policy applied."""
+        skipped = []
         with self._db() as db:
             db.execute("UPDATE items SET state = ?, reason = ?, ended = ?, "
                        "run_folder = COALESCE(?, run_folder) WHERE id = ?",
@@ -419,11 +448,39 @@ class TestQueue:
                 if skipped:
                     log(f"item {item.id} failed with on-failure stop: skipped item(s) "
                         + ", ".join(str(other) for (other,) in skipped) + f" on {item.bench}/{item.channel}")
-        if state == "failed" and item.on_failure == "stop" and skipped:
+        if skipped:
             self._notify_stalled(done, f"item {item.id} failed ({reason}); items "
                                  + ", ".join(str(other) for (other,) in skipped) + " will not run", log)
         log(f"item {item.id}: {state}" + (f", run folder {done.run_folder}" if done.run_folder else "")
             + (f": {reason}" if reason else ""))
+        return done
+
+    def _resume_item(self, item: Item, speed: float | None, stop: StopRequest, log: Callable[[str], None],
+                     reporter: ProgressReporter) -> Item:
+        """Continue an item a dead worker left, as `cycler resume` would (interruption policy `resume`)."""
+        folder = Path(item.run_folder) if item.run_folder else None
+        resumed_times = read_json(folder / METADATA_FILE).get("resumed_times", 0) if folder and \
+            (folder / METADATA_FILE).exists() else 0
+        if folder is None or resumed_times >= MAX_AUTOMATIC_RESUMES:
+            why = ("no run folder was created" if folder is None else
+                   f"the run has been resumed {resumed_times} times already (at most {MAX_AUTOMATIC_RESUMES} by itself)")
+            return self._leave_interrupted(item, f"not continued by itself: {why}", log)
+        with self._db() as db:
+            db.execute("UPDATE items SET state = 'running', worker_pid = ?, worker_host = ? WHERE id = ?",
+                       (os.getpid(), this_host(), item.id))
+        log(f"item {item.id}: continue {item.describe()} from its checkpoint (on-interrupt resume), run folder {folder}")
+        try:
+            simulated = read_json(folder / METADATA_FILE).get("bench", {}).get("simulated")
+            result = resume(folder, reporter, confirm=lambda preview: True, stop=stop,
+                            speed=speed if simulated else KEEP_SPEED)  # --speed applies to simulated benches only
+        except StackcyclerError as error:  # e.g. the DUT moved since the checkpoint: a person must look
+            return self._leave_interrupted(item, f"not continued by itself: {error}", log)
+        state, reason = _item_ending(result.outcome.state, result.outcome.reason, result.summary_line)
+        return self._record_ending(item, state, reason, str(folder.resolve()), log)
+
+    def _leave_interrupted(self, item: Item, reason: str, log: Callable[[str], None]) -> Item:
+        done = self._record_ending(item, "interrupted", f"interrupted: {reason}", item.run_folder, log)
+        self._notify_stalled(done, f"item {item.id} stays interrupted: {reason}", log)
         return done
 
     def _notify_stalled(self, item: Item, reason: str, log: Callable[[str], None]) -> None:
@@ -493,6 +550,8 @@ def item_line(item: Item) -> str:
     if item.at is not None:
         parts.append(f"at {_local(item.at)}")
     parts.append(f"on-failure {item.on_failure}")
+    if item.on_interrupt != "leave":
+        parts.append(f"on-interrupt {item.on_interrupt}")
     if item.run_folder:
         parts.append(f"run {item.run_folder}")
     return "  ".join(parts)

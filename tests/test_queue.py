@@ -187,24 +187,14 @@ def test_a_worker_killed_mid_item_leaves_it_interrupted_and_the_next_worker_goes
     queue = TestQueue(tmp_path / "runs")
     killed = quick(queue, bench="sim").id
     following = quick(queue).id
-    worker = _worker(tmp_path, "--speed", "100")
-    try:
-        def logging_folder():
-            folder = queue.get(killed).run_folder
-            samples = Path(folder) / "samples.csv" if folder else None
-            return samples is not None and samples.exists() and len(samples.read_text().splitlines()) > 3
-
-        _wait_for(logging_folder, "the worker's first item logging samples")
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
+    worker_pid = kill_worker_mid_item(tmp_path, queue, killed)
     assert queue.get(killed).state == "running"  # as the killed worker left it
 
     report = work(queue)
     assert [item.id for item in report.interrupted_found] == [killed]
     assert [(item.id, item.state) for item in report.ran] == [(following, "completed")]
     interrupted = queue.get(killed)
-    assert interrupted.state == "interrupted" and f"pid {worker.pid}" in interrupted.reason
+    assert interrupted.state == "interrupted" and f"pid {worker_pid}" in interrupted.reason
     assert json.loads((Path(interrupted.run_folder) / METADATA_FILE).read_text())["state"] == "running"
     assert work(queue).ran == []  # not started again by itself
 
@@ -257,3 +247,59 @@ def test_list_and_history_as_json_for_scripts(tmp_path):
     assert cycler("queue", "run", "--until-empty", *args, cwd=tmp_path)[0] == 0
     history = json.loads(cycler("queue", "history", "--json", *args, cwd=tmp_path)[1])
     assert history[0]["state"] == "completed" and Path(history[0]["run_folder"]).is_dir()
+
+
+def kill_worker_mid_item(tmp_path: Path, queue: TestQueue, item_id: int) -> int:
+    """Start a worker process, let it log a few samples of item `item_id`, SIGKILL it; its pid."""
+    worker = _worker(tmp_path, "--speed", "100")
+    try:
+        def logging_folder():
+            folder = queue.get(item_id).run_folder
+            samples = Path(folder) / "samples.csv" if folder else None
+            return samples is not None and samples.exists() and len(samples.read_text().splitlines()) > 3
+
+        _wait_for(logging_folder, "the worker's item logging samples")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    return worker.pid
+
+
+def test_an_item_whose_policy_is_resume_is_continued_by_the_next_worker(tmp_path):
+    queue = TestQueue(tmp_path / "runs")
+    killed = quick(queue, bench="sim", on_interrupt="resume").id
+    following = quick(queue).id
+    kill_worker_mid_item(tmp_path, queue, killed)
+
+    report = work(queue)
+    assert [item.id for item in report.interrupted_found] == [killed]
+    assert [(item.id, item.state) for item in report.ran] == [(killed, "completed"), (following, "completed")]
+    continued = queue.get(killed)
+    folder = Path(continued.run_folder)
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    assert meta["state"] == "completed" and meta["resumed_times"] == 1
+    assert "resumed" in [json.loads(line)["event"] for line in (folder / "events.jsonl").read_text().splitlines()]
+    assert continued.reason.startswith("discharge capacity")  # the run's one-line result
+    assert len(list((tmp_path / "runs").glob("*capacity-check_sim_stack1"))) == 1  # the same run, not a new one
+
+
+def test_automatic_resume_stops_after_a_few_so_a_crashing_run_cannot_loop_all_night(tmp_path):
+    from stackcycler.queue import MAX_AUTOMATIC_RESUMES
+
+    queue = TestQueue(tmp_path / "runs")
+    killed = quick(queue, bench="sim", on_interrupt="resume").id
+    kill_worker_mid_item(tmp_path, queue, killed)
+    folder = Path(queue.get(killed).run_folder)
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    (folder / METADATA_FILE).write_text(json.dumps({**meta, "resumed_times": MAX_AUTOMATIC_RESUMES}))
+
+    report = work(queue)
+    left = queue.get(killed)
+    assert [(item.id, item.state) for item in report.ran] == [(killed, "interrupted")]
+    assert f"resumed {MAX_AUTOMATIC_RESUMES} times already" in left.reason
+    assert json.loads((folder / METADATA_FILE).read_text())["state"] == "running"  # untouched: nothing resumed
+
+
+def test_an_unknown_interruption_policy_is_refused(queue):
+    with pytest.raises(InvalidInput, match="--on-interrupt 'retry': use one of leave, resume"):
+        quick(queue, on_interrupt="retry")
