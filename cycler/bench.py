@@ -1,10 +1,12 @@
 """Bench files: which instruments, how they are wired to each channel, and the DUT on it.
 
-A bench file names its instruments (driver + VISA resource), its channels (a supply, the
-meter inputs for layer voltages, temperatures and pressure, the tick period) and the DUT on
-each channel (layers, capacity, operating voltages, absolute safety limits). A simulated
-bench adds a `simulation:` block and uses `sim://NAME` resources. `extends: BASE` starts from
-another bench (a built-in name or a path) and overrides what it lists.
+A bench file names its instruments (driver + VISA resource), its channels (what drives the
+DUT, the meter inputs for layer voltages, temperatures and pressure, the tick period) and the
+DUT on each channel (layers, capacity, operating voltages, absolute safety limits). What drives
+the DUT is either one bidirectional `supply:` or a `source:` (a power supply that only charges)
+and/or a `load:` (an electronic load that only discharges). A simulated bench adds a
+`simulation:` block and uses `sim://NAME` resources. `extends: BASE` starts from another bench
+(a built-in name or a path) and overrides what it lists (`supply: null` drops a base's supply).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stackcycler.drivers.registry import DRIVERS, METER_DRIVERS, SUPPLY_DRIVERS
+from stackcycler.drivers.registry import DRIVERS, LOAD_DRIVERS, METER_DRIVERS, SOURCE_DRIVERS, SUPPLY_DRIVERS
 from stackcycler.drivers.scpi import parse_channel_list
 from stackcycler.drivers.sensors import PressureFixture
 from stackcycler.drivers.sim.simulation import SimulationConfig
@@ -46,10 +48,17 @@ class DutSpec(_Strict):
     safety: SafetyLimits = SafetyLimits()
 
 
+# Settings a driver may take beside its resource (each driver says which it accepts: BENCH_SETTINGS).
+DRIVER_SETTINGS = ("output", "address", "baud_rate")
+
+
 class InstrumentConfig(_Strict):
     driver: str
     resource: str = Field(description="VISA resource string, or sim://NAME on a simulated bench")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    output: int | None = Field(None, description="the output wired to the DUT, on a multi-output supply")
+    address: int | None = Field(None, description="bus address, on an instrument that has one (BK 8500)")
+    baud_rate: int | None = Field(None, description="serial baud rate, on a serial instrument (BK 8500)")
 
     @field_validator("driver")
     @classmethod
@@ -57,6 +66,33 @@ class InstrumentConfig(_Strict):
         if value not in DRIVERS:
             raise ValueError(f"unknown driver '{value}'; drivers: {', '.join(sorted(DRIVERS))}")
         return value
+
+    @model_validator(mode="after")
+    def _settings_fit_the_driver(self) -> "InstrumentConfig":
+        accepted = DRIVERS[self.driver].BENCH_SETTINGS
+        problems = []
+        for name in DRIVER_SETTINGS:
+            value, setting = getattr(self, name), accepted.get(name)
+            if setting is None:
+                if value is not None:
+                    takes = ", ".join(accepted) or "none"
+                    problems.append(f"{name}: the {self.driver} driver takes no '{name}' (settings it takes: {takes})")
+            elif value is None:
+                if setting.required:
+                    problems.append(f"{name}: the {self.driver} driver needs '{name}': {setting.doc}; "
+                                    f"accepted: {setting.accepted_text()}")
+            elif value not in setting.accepted:
+                problems.append(f"{name}: {value} is not accepted by the {self.driver} driver ({setting.doc}); "
+                                f"accepted: {setting.accepted_text()}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def driver_settings(self) -> dict[str, int]:
+        """The settings given for the driver itself (those of its link excluded)."""
+        settings = DRIVERS[self.driver].BENCH_SETTINGS
+        return {name: getattr(self, name) for name, setting in settings.items()
+                if not setting.transport and getattr(self, name) is not None}
 
 
 class LayerVoltageInputs(_Strict):
@@ -89,13 +125,40 @@ class PressureInput(_Strict):
     fixture: PressureFixture
 
 
+# What may drive a channel's DUT: role -> (what it is, the drivers that can be it).
+DRIVE_ROLES: dict[str, tuple[str, list[str]]] = {
+    "supply": ("a bidirectional supply, which charges and discharges", SUPPLY_DRIVERS),
+    "source": ("a power supply that only charges", SOURCE_DRIVERS),
+    "load": ("an electronic load that only discharges", LOAD_DRIVERS),
+}
+
+
 class ChannelConfig(_Strict):
-    supply: str
+    supply: str | None = Field(None, description=DRIVE_ROLES["supply"][0])
+    source: str | None = Field(None, description=DRIVE_ROLES["source"][0])
+    load: str | None = Field(None, description=DRIVE_ROLES["load"][0])
     tick_s: float = Field(1.0, gt=0, description="control and measurement period")
     layer_voltages: LayerVoltageInputs | None = None
     temperatures: list[TemperatureInput] = Field(default_factory=list)
     pressure: PressureInput | None = None
     dut: DutSpec
+
+    @model_validator(mode="after")
+    def _one_way_to_drive_the_dut(self) -> "ChannelConfig":
+        if self.supply is not None and (self.source is not None or self.load is not None):
+            given = "source" if self.source is not None else "load"
+            raise ValueError(f"{given}: a channel has either a bidirectional 'supply' or a 'source' and/or a 'load', "
+                             f"not both (this one names supply '{self.supply}' and {given} "
+                             f"'{getattr(self, given)}'); with `extends`, 'supply: null' drops the base's supply")
+        if self.supply is None and self.source is None and self.load is None:
+            raise ValueError("supply: the channel names nothing to drive its DUT; give 'supply' ("
+                             f"{DRIVE_ROLES['supply'][0]}), or 'source' ({DRIVE_ROLES['source'][0]}) and/or 'load' "
+                             f"({DRIVE_ROLES['load'][0]})")
+        return self
+
+    def drive_instruments(self) -> dict[str, str]:
+        """role ('supply', 'source', 'load') -> instrument name, for the roles this channel fills."""
+        return {role: getattr(self, role) for role in DRIVE_ROLES if getattr(self, role) is not None}
 
     @model_validator(mode="after")
     def _wiring_matches_dut(self) -> "ChannelConfig":
@@ -128,7 +191,7 @@ class BenchConfig(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> "BenchConfig":
         for channel_name, channel in self.channels.items():
-            roles = [("supply", channel.supply, SUPPLY_DRIVERS)]
+            roles = [(role, name, DRIVE_ROLES[role][1]) for role, name in channel.drive_instruments().items()]
             roles += [("meter", meter, METER_DRIVERS) for meter in sorted(channel.meter_names())]
             for role, name, accepted in roles:
                 instrument = self.instruments.get(name)
@@ -138,13 +201,17 @@ class BenchConfig(_Strict):
                 if instrument.driver not in accepted:
                     raise ValueError(f"channel '{channel_name}': instrument '{name}' ({instrument.driver}) cannot "
                                      f"act as a {role}; {role} drivers: {', '.join(accepted)}")
-        simulated = set(self.simulation.instruments) if self.simulation else set()
+        simulated = self.simulation.instruments if self.simulation else {}
         for name, instrument in self.instruments.items():
             if instrument.resource.startswith(SIM_SCHEME):
                 target = instrument.resource[len(SIM_SCHEME):]
                 if target not in simulated:
                     raise ValueError(f"instrument '{name}': {instrument.resource} names no simulated instrument; "
                                      f"simulated: {', '.join(sorted(simulated)) or 'none (no simulation block)'}")
+                wired = getattr(simulated[target], "output", None)  # a multi-output supply's wired output
+                if wired is not None and instrument.output is not None and instrument.output != wired:
+                    raise ValueError(f"instruments.{name}.output: {instrument.output}, but the simulated supply has "
+                                     f"output {wired} wired to the stack (simulation.instruments.{target}.output)")
         return self
 
     @property

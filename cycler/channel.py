@@ -1,22 +1,37 @@
-"""A channel at run time: one DUT, its supply and the meter inputs wired to it.
+"""A channel at run time: one DUT, what drives it and the meter inputs wired to it.
 
 It measures a Sample per tick, applies output commands (sending only what changed), checks
 that the instruments are still in the state it put them in, and brings the outputs to the
 safe state. It knows the wiring from the bench file; the runner knows none of it.
+
+What drives the DUT is a *drive*, one of two kinds:
+
+* SupplyDrive: one bidirectional supply; every command is native to it (roles.py).
+* SourceLoadDrive: a power source that only charges and/or an electronic load that only
+  discharges. Charge commands go to the source (its CV limit gives CC-CV charge), discharge
+  commands to the load (CC, or CV with a current limit for a held voltage), open circuit to
+  neither. Break-before-make: when the current changes direction, the instrument that was on
+  is switched off and read back off before the other is switched on, and before anything is
+  switched on the other is read back off, so the two are never on together. A step the bench
+  cannot do is refused when the plan is bound (`unsupported_steps`), before anything opens.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import numpy as np
 
-from stackcycler.drivers.roles import BidirectionalSupply, MeterChannel, ScanningMeter
+from stackcycler.drivers.registry import DRIVERS
+from stackcycler.drivers.roles import (BidirectionalSupply, ElectronicLoad, MeterChannel, PowerSource, ScanningMeter,
+                                       SupplyRatings)
 
 from .bench import ChannelConfig
 from .clock import Clock
-from .control import OutputCommand
-from .errors import InstrumentError, InstrumentLinkError
+from .control import OutputCommand, StepControl, rating_problems
+from .errors import InstrumentError, InstrumentLinkError, InvalidInput
+from .plan import PlannedStep
 from .safety import SafetyEnvelope
 from .sample import Sample
 
@@ -25,16 +40,334 @@ from .sample import Sample
 HARDWARE_PROTECTION_MARGIN = 1.05
 
 
-class Channel:
-    def __init__(self, name: str, config: ChannelConfig, supply: BidirectionalSupply,
-                 meters: dict[str, ScanningMeter], clock: Clock):
-        self.name = name
-        self.config = config
+def protection_levels(envelope: SafetyEnvelope, ratings, currents: Iterable[float | None]) -> tuple[float, float]:
+    """(over-voltage V, over-current A) to arm on an instrument with these ratings, guarding the
+    envelope's voltage and the larger of `currents` (its rating where the envelope has none)."""
+    over_voltage = (envelope.max_voltage_V or ratings.voltage_V) * HARDWARE_PROTECTION_MARGIN
+    limits = [c for c in currents if c]
+    over_current = (max(limits) if limits else ratings.current_A) * HARDWARE_PROTECTION_MARGIN
+    return min(over_voltage, ratings.max_over_voltage_V), min(over_current, ratings.max_over_current_A)
+
+
+class SupplyDrive:
+    """One bidirectional supply drives the DUT."""
+
+    def __init__(self, supply: BidirectionalSupply):
         self.supply = supply
-        self.meters = meters
-        self.clock = clock
         self._command: OutputCommand | None = None
         self._output_on = False
+
+    @property
+    def ratings(self) -> SupplyRatings:
+        return self.supply.ratings
+
+    @property
+    def has_power_limits(self) -> bool:
+        return self.supply.has_power_limits
+
+    @property
+    def output_found_on(self) -> bool:
+        return self.supply.output_found_on
+
+    def arm_protection(self, envelope: SafetyEnvelope) -> None:
+        self.supply.set_protection(*protection_levels(
+            envelope, self.ratings, (envelope.max_charge_current_A, envelope.max_discharge_current_A)))
+
+    def rating_problems(self, steps: Iterable[PlannedStep], controls: dict[int, StepControl]) -> list[str]:
+        return rating_problems(steps, controls, self.ratings)
+
+    def apply(self, command: OutputCommand | None) -> bool:
+        """Bring the supply to `command` (None: output off); True if anything had to change."""
+        if command is None:
+            changed = self._output_on
+            if self._output_on:
+                self.supply.set_output(False)
+                self._output_on = False
+            self._command = None
+            return changed
+        changed = command != self._command or not self._output_on
+        if command != self._command:
+            self.supply.regulate(command.voltage_V, command.source_limit_A, command.sink_limit_A,
+                                 command.source_power_W, command.sink_power_W)
+            self._command = command
+        if not self._output_on:
+            self.supply.set_output(True)
+            self._output_on = True
+        return changed
+
+    def measure(self) -> tuple[float, float]:
+        return self.supply.measure()
+
+    def check_health(self) -> None:
+        self.supply.check_errors()
+        if self.supply.output_is_on() != self._output_on:
+            state = "off" if self._output_on else "on"
+            raise InstrumentError(f"supply at {self.supply.resource} switched its output {state} by itself "
+                                  "(a protection trip?)")
+
+    def safe_state(self) -> None:
+        self._output_on = False
+        self._command = None
+        self.supply.safe_state()
+
+
+class SourceLoadDrive:
+    """A source that only charges and/or a load that only discharges, with break-before-make."""
+
+    has_power_limits = False  # constant power runs as a software loop over the current
+
+    def __init__(self, source: PowerSource | None, load: ElectronicLoad | None,
+                 names: dict[str, str] | None = None):
+        if source is None and load is None:
+            raise ValueError("a source/load drive needs a source, a load or both")
+        self.instruments: dict[str, PowerSource | ElectronicLoad] = {
+            role: instrument for role, instrument in (("source", source), ("load", load)) if instrument is not None}
+        self.names = names or {}
+        self.on: str | None = None  # "source" or "load": the one switched on, as commanded
+        self._programmed: tuple[str, OutputCommand] | None = None  # the side last set up, and for what
+        self._command: OutputCommand | None = None
+
+    @property
+    def source(self) -> PowerSource | None:
+        return self.instruments.get("source")
+
+    @property
+    def load(self) -> ElectronicLoad | None:
+        return self.instruments.get("load")
+
+    def describe(self, role: str) -> str:
+        instrument = self.instruments[role]
+        name = self.names.get(role)
+        return f"{role} {name!r} at {instrument.resource}" if name else f"{role} at {instrument.resource}"
+
+    @property
+    def ratings(self) -> SupplyRatings:
+        """For the step controls: the charge voltage ceiling is the source's (the load's on a
+        discharge-only bench); a current limit that the bench must hold both ways is the smaller
+        of the two instruments' ratings."""
+        all_ratings = [instrument.ratings for instrument in self.instruments.values()]
+        first = (self.source or self.load).ratings
+        return SupplyRatings(voltage_V=first.voltage_V, current_A=min(r.current_A for r in all_ratings),
+                             power_W=min(r.power_W for r in all_ratings), max_over_voltage_V=first.max_over_voltage_V,
+                             max_over_current_A=min(r.max_over_current_A for r in all_ratings))
+
+    @property
+    def output_found_on(self) -> bool:
+        return any(instrument.output_found_on for instrument in self.instruments.values())
+
+    def arm_protection(self, envelope: SafetyEnvelope) -> None:
+        if self.source is not None:
+            self.source.set_protection(*protection_levels(envelope, self.source.ratings,
+                                                          (envelope.max_charge_current_A,)))
+        if self.load is not None:
+            self.load.set_protection(*protection_levels(envelope, self.load.ratings,
+                                                        (envelope.max_discharge_current_A,)))
+
+    def rating_problems(self, steps: Iterable[PlannedStep], controls: dict[int, StepControl]) -> list[str]:
+        """Steps whose fixed command needs more than the instrument that would carry it can give.
+        Two-sided commands (CV both ways) are held to each instrument's rating as they run."""
+        problems = []
+        for step in steps:
+            control = controls[step.number]
+            command = None if control.dynamic else control.command(0.0, None)
+            if command is None or (command.source_limit_A > 0) == (command.sink_limit_A > 0):
+                continue
+            role = "source" if command.source_limit_A > 0 else "load"
+            if role not in self.instruments:
+                continue  # refused when the plan was bound (unsupported_steps)
+            ratings = self.instruments[role].ratings
+            current = command.source_limit_A or command.sink_limit_A
+            voltage_matters = role == "source" or command.holds_voltage
+            if current > ratings.current_A or (voltage_matters and command.voltage_V > ratings.voltage_V):
+                problems.append(f"step {step.number} ({step.setpoint()}) needs {command.voltage_V:.4g} V / "
+                                f"{current:.4g} A from the {self.describe(role)}, beyond its rating of "
+                                f"{ratings.voltage_V:g} V / {ratings.current_A:g} A")
+        return problems
+
+    # --- commands ------------------------------------------------------------------------
+
+    def apply(self, command: OutputCommand | None) -> bool:
+        """Bring the instruments to `command` (None: both off); True if anything had to change."""
+        if command is None or (command.source_limit_A == 0 and command.sink_limit_A == 0):
+            changed = self.on is not None or command != self._command
+            self._switch_off()  # no current wanted: open circuit
+            self._command = command
+            return changed
+        if command.source_power_W is not None or command.sink_power_W is not None:
+            raise InvalidInput("a source/load channel has no native power limit; constant power runs in software")
+        role = self._role_for(command)
+        changed = command != self._command or self.on != role
+        if self.on is not None and self.on != role:
+            self._switch_off()  # break before make
+        if self._programmed != (role, command):
+            self._program(role, command)
+        if self.on != role:
+            self._switch_on(role)
+        self._command = command
+        return changed
+
+    def _role_for(self, command: OutputCommand) -> str:
+        charge, discharge = command.source_limit_A > 0, command.sink_limit_A > 0
+        if charge and discharge:  # a voltage held both ways (a CV step): whichever can act
+            able = [role for role in self.instruments
+                    if role == "source" or self.load.HOLDS_VOLTAGE_WITH_CURRENT_LIMIT]
+            if not able:
+                raise InvalidInput(f"the {self.describe('load')} cannot hold a voltage with a current limit "
+                                   "(refused when the plan is bound; see unsupported_steps)")
+            if self.on in able:
+                return self.on  # it holds the voltage already; switching would only interrupt it
+            if len(able) == 1:
+                return able[0]  # a source alone holds it from below only: a DUT above sees no current
+            voltage, _ = self.measure()
+            return "source" if voltage < command.voltage_V else "load"
+        role = "source" if charge else "load"
+        if role not in self.instruments:
+            what = "charge" if charge else "discharge"
+            raise InvalidInput(f"the channel has no {role} to {what} with (it has a "
+                               f"{' and a '.join(self.instruments)})")
+        return role
+
+    def _program(self, role: str, command: OutputCommand) -> None:
+        if role == "source":
+            current = min(command.source_limit_A, self.source.ratings.current_A) if command.sink_limit_A > 0 \
+                else command.source_limit_A  # a two-sided limit is capped by the rating, as on a supply
+            self.source.regulate(command.voltage_V, current)
+        else:
+            current = min(command.sink_limit_A, self.load.ratings.current_A) if command.source_limit_A > 0 \
+                else command.sink_limit_A
+            if not command.holds_voltage:
+                self.load.set_mode("CC", current)
+            elif self.load.HOLDS_VOLTAGE_WITH_CURRENT_LIMIT:
+                self.load.hold_voltage(command.voltage_V, current)
+            else:
+                raise InvalidInput(f"the {self.describe('load')} cannot hold a voltage with a current limit "
+                                   "(refused when the plan is bound; see unsupported_steps)")
+        self._programmed = (role, command)
+
+    def _switch_off(self) -> None:
+        """The instrument that is on, off, and read back off."""
+        if self.on is None:
+            return
+        role, self.on = self.on, None
+        instrument = self.instruments[role]
+        instrument.set_output(False)
+        if instrument.output_is_on():
+            raise InstrumentError(f"{self.describe(role)} is still on after being switched off")
+
+    def _switch_on(self, role: str) -> None:
+        """`role` on, once every other instrument has read back off."""
+        for other, instrument in self.instruments.items():
+            if other != role and instrument.output_is_on():
+                raise InstrumentError(f"{self.describe(other)} is on; the {role} stays off (break-before-make)")
+        self.instruments[role].set_output(True)
+        self.on = role
+
+    # --- measurement, health, the way out --------------------------------------------------
+
+    def measure(self) -> tuple[float, float]:
+        """From the instrument that carries the current. With both off, the voltage from the load
+        if there is one (a load reads its input voltage with the input off), else from the source,
+        and a current of exactly 0: the terminals are open, and an off instrument's reading is only
+        its offset (the BK 8500 reports it unsigned, so it would add up as a discharge)."""
+        if self.on is not None:
+            return self.instruments[self.on].measure()
+        voltage, _ = self.instruments["load" if self.load is not None else "source"].measure()
+        return voltage, 0.0
+
+    def check_health(self) -> None:
+        for role, instrument in self.instruments.items():
+            instrument.check_errors()
+            expected = self.on == role
+            if instrument.output_is_on() != expected:
+                state = "off" if expected else "on"
+                raise InstrumentError(f"{self.describe(role)} switched its output {state} by itself"
+                                      + (" (a protection trip?)" if expected else ""))
+
+    def safe_state(self) -> None:
+        """Both off, each confirmed; the one that was on first. Raises if either cannot be confirmed."""
+        order = sorted(self.instruments, key=lambda role: role != self.on)
+        self.on, self._programmed, self._command = None, None, None
+        problems = []
+        for role in order:
+            try:
+                self.instruments[role].safe_state()
+            except Exception as error:  # the other one must still be switched off
+                problems.append(f"{self.describe(role)}: {type(error).__name__}: {error}")
+        if problems:
+            raise InstrumentError("; ".join(problems))
+
+
+Drive = SupplyDrive | SourceLoadDrive
+
+
+def drive_for(config: ChannelConfig, drivers: dict[str, object]) -> Drive:
+    """The drive of a channel from its opened instruments."""
+    if config.supply is not None:
+        return SupplyDrive(drivers[config.supply])
+    return SourceLoadDrive(drivers.get(config.source) if config.source else None,
+                           drivers.get(config.load) if config.load else None,
+                           names={role: name for role, name in config.drive_instruments().items()})
+
+
+# --- what a step needs of the bench, checked when the plan is bound ------------------------------
+
+
+def step_needs(step: PlannedStep) -> set[str]:
+    """'charge', 'discharge', 'hold discharge voltage' (CC-CV discharge) and 'hold voltage' (CV
+    either way: a source, or a load that holds a voltage with a current limit, can do it)."""
+    if step.kind == "cc":
+        return {"charge" if step.current_A > 0 else "discharge"}
+    if step.kind == "cccv":
+        return {"charge"} if step.current_A > 0 else {"discharge", "hold discharge voltage"}
+    if step.kind == "cv":
+        return {"hold voltage"}
+    if step.kind == "cp":
+        return {"charge" if step.power_W > 0 else "discharge"}
+    if step.kind == "cr":
+        return {"discharge"}
+    if step.kind in ("pulse", "profile") and step.waveform is not None:
+        low, high = step.waveform.extremes()
+        return {need for need, present in (("charge", high > 0), ("discharge", low < 0)) if present}
+    return set()
+
+
+def unsupported_steps(steps: Iterable[PlannedStep], config: ChannelConfig, instrument_drivers: dict[str, str],
+                      ) -> list[str]:
+    """Steps a source/load channel cannot do, each named with what the channel has.
+    `instrument_drivers`: the bench's instrument name -> driver name."""
+    if config.supply is not None:
+        return []
+    load_class = DRIVERS[instrument_drivers[config.load]] if config.load else None
+    holds = bool(load_class and load_class.HOLDS_VOLTAGE_WITH_CURRENT_LIMIT)
+    has = " and ".join(f"{role} '{name}' ({instrument_drivers[name]})"
+                       for role, name in config.drive_instruments().items())
+    able = {"charge": config.source is not None, "discharge": config.load is not None,
+            "hold discharge voltage": holds, "hold voltage": config.source is not None or holds}
+    why = {"charge": "to charge, but the channel has no source",
+           "discharge": "to discharge, but the channel has no load",
+           "hold discharge voltage": "CV discharge (CC-CV), but the load's driver has no CV mode with a current "
+                                     "limit",
+           "hold voltage": "to hold a voltage, but the channel has no source and the load's driver has no CV mode "
+                           "with a current limit"}
+    problems = []
+    for step in steps:
+        for need in sorted(step_needs(step)):
+            if not able[need]:
+                problems.append(f"step {step.number} '{step.name}' ({step.setpoint()}) needs {why[need]}; "
+                                f"it has {has}")
+                break
+    return problems
+
+
+class Channel:
+    def __init__(self, name: str, config: ChannelConfig, drive: Drive | BidirectionalSupply,
+                 meters: dict[str, ScanningMeter], clock: Clock):
+        """`drive`: what drives the DUT (drive_for); a bare bidirectional supply is taken as its drive."""
+        self.name = name
+        self.config = config
+        self.drive = drive if isinstance(drive, (SupplyDrive, SourceLoadDrive)) else SupplyDrive(drive)
+        self.meters = meters
+        self.clock = clock
         self.layer_channels = config.layer_voltages.channel_numbers() if config.layer_voltages else []
         self.dut_sensors = [t.sensor for t in config.temperatures if t.sensor != "ambient"]
         self.has_ambient = any(t.sensor == "ambient" for t in config.temperatures)
@@ -53,15 +386,10 @@ class Channel:
         return inputs
 
     def configure(self, envelope: SafetyEnvelope) -> None:
-        """Set up the meter scans and arm the supply's own protection; outputs stay off."""
+        """Set up the meter scans and arm the instruments' own protection; outputs stay off."""
         for name, inputs in self.meter_inputs().items():
             self.meters[name].configure_scan(inputs)
-        ratings = self.supply.ratings
-        over_voltage = (envelope.max_voltage_V or ratings.voltage_V) * HARDWARE_PROTECTION_MARGIN
-        currents = [c for c in (envelope.max_charge_current_A, envelope.max_discharge_current_A) if c]
-        over_current = (max(currents) if currents else ratings.current_A) * HARDWARE_PROTECTION_MARGIN
-        self.supply.set_protection(min(over_voltage, ratings.max_over_voltage_V),
-                                   min(over_current, ratings.max_over_current_A))
+        self.drive.arm_protection(envelope)
 
     def measure(self, tolerate_lost_meters: bool = False) -> Sample:
         """One sample. With `tolerate_lost_meters`, a meter that does not answer is put in
@@ -69,7 +397,7 @@ class Channel:
         and a lost meter is set up again and read as soon as it answers."""
         t = self.clock.now()
         unix = self.clock.unix_time()
-        voltage, current = self.supply.measure()
+        voltage, current = self.drive.measure()
         readings = {}
         for name, meter in self.meters.items():
             try:
@@ -102,37 +430,16 @@ class Channel:
         return Sample(t, unix, voltage, current, layers, temperatures, ambient, pressure)
 
     def apply(self, command: OutputCommand | None) -> bool:
-        """Bring the supply to `command` (None: output off); True if anything had to change."""
-        if command is None:
-            changed = self._output_on
-            if self._output_on:
-                self.supply.set_output(False)
-                self._output_on = False
-            self._command = None
-            return changed
-        changed = command != self._command or not self._output_on
-        if command != self._command:
-            self.supply.regulate(command.voltage_V, command.source_limit_A, command.sink_limit_A,
-                                 command.source_power_W, command.sink_power_W)
-            self._command = command
-        if not self._output_on:
-            self.supply.set_output(True)
-            self._output_on = True
-        return changed
+        """Bring the outputs to `command` (None: off); True if anything had to change."""
+        return self.drive.apply(command)
 
     def check_health(self) -> None:
         """Error queues empty and outputs where we left them; raises InstrumentError otherwise."""
-        self.supply.check_errors()
-        if self.supply.output_is_on() != self._output_on:
-            state = "off" if self._output_on else "on"
-            raise InstrumentError(f"supply at {self.supply.resource} switched its output {state} by itself "
-                                  "(a protection trip?)")
+        self.drive.check_health()
         for name, meter in self.meters.items():
             if name not in self.lost_meters:
                 meter.check_errors()
 
     def safe_state(self) -> None:
-        """Output off, confirmed by the instrument."""
-        self._output_on = False
-        self._command = None
-        self.supply.safe_state()
+        """Outputs off, confirmed by the instruments."""
+        self.drive.safe_state()

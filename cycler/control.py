@@ -41,6 +41,10 @@ class OutputCommand:
     sink_limit_A: float
     source_power_W: float | None = None  # None: no power limit
     sink_power_W: float | None = None
+    # True: the voltage is the step's setpoint, reached and held (CV, CC-CV); False: only a clamp
+    # beyond the step's end. A bidirectional supply does both alike; a source/load channel picks
+    # the load's mode by it (CC, or CV with a current limit).
+    holds_voltage: bool = False
 
 
 class StepControl:
@@ -160,10 +164,10 @@ def control_for(step: PlannedStep, envelope: SafetyEnvelope, ratings: SupplyRati
     if step.kind == "cccv":
         charging = step.current_A > 0
         return StaticControl(OutputCommand(step.voltage_V, step.current_A if charging else 0.0,
-                                           0.0 if charging else -step.current_A))
+                                           0.0 if charging else -step.current_A, holds_voltage=True))
     if step.kind == "cv":
         return StaticControl(OutputCommand(step.voltage_V, step.current_limit_A or limits.charge_A,
-                                           step.current_limit_A or limits.discharge_A))
+                                           step.current_limit_A or limits.discharge_A, holds_voltage=True))
     if step.kind == "cp":
         return StaticControl(limits.power(step.power_W)) if native_power else SoftwarePower(step.power_W, limits)
     if step.kind == "cr":

@@ -28,7 +28,7 @@ import numpy as np
 
 from .channel import Channel
 from .clock import Clock
-from .control import StepControl, control_for, rating_problems
+from .control import StepControl, control_for
 from .errors import ExitCode, InstrumentError, Interrupted, InvalidInput, SafetyTrip, StorageFailure
 from .integrators import Integrator, Throughput
 from .operation import STATUS_INTERVAL_WALL_S, ControlInbox
@@ -280,12 +280,12 @@ class Runner:
 
     def _preflight(self) -> None:
         """Configure meters and instrument protection, and work out every step's control,
-        checked against the supply's ratings, before anything is switched on."""
+        checked against the instruments' ratings, before anything is switched on."""
         self.channel.configure(self.plan.envelope)
-        supply = self.channel.supply
-        self._controls = {step.number: control_for(step, self.plan.envelope, supply.ratings, supply.has_power_limits,
+        drive = self.channel.drive
+        self._controls = {step.number: control_for(step, self.plan.envelope, drive.ratings, drive.has_power_limits,
                                                    self.plan.dut) for step in self.plan.steps}
-        problems = rating_problems(self.plan.steps, self._controls, supply.ratings)
+        problems = drive.rating_problems(self.plan.steps, self._controls)
         if problems:
             raise InvalidInput("\n".join(f"{self.plan.protocol_path}: {p}" for p in problems))
 
@@ -718,7 +718,7 @@ class Runner:
                     self._event("safe_state", outputs="off, confirmed by the instrument")
                 else:
                     self._event("safe_state_failed", message=problem,
-                                action="outputs may still be ON: switch the supply off at the bench")
+                                action="outputs may still be ON: switch them off at the bench")
                 self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
                             steps_run=self.step_count, cycles=self.cycle_count)
                 if self._last_sample is not None and self.step is not None:

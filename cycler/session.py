@@ -27,16 +27,16 @@ from typing import Iterator
 from stackcycler import __version__
 from stackcycler.drivers.registry import DRIVERS
 from stackcycler.drivers.sim.simulation import Simulation, build_simulation
-from stackcycler.drivers.transport import open_transport
+from stackcycler.drivers.transport import DEFAULT_BAUD_RATE, open_byte_transport, open_transport
 from stackcycler.protocols import ProtocolFile, load_protocol
 
 from .analysis import SUMMARY_INPUTS, result_line, summarise, summary_records
 from .dataset import load as load_data
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
-from .channel import Channel
+from .channel import Channel, drive_for, unsupported_steps
 from .clock import Clock, VirtualClock, WallClock
 from .operation import this_host
-from .control import control_for, rating_problems
+from .control import control_for
 from .errors import InvalidInput, StackcyclerError, StorageFailure, UnreadableInput
 from .locks import InstrumentLocks
 from .notify import event_from_run, load_config, notify, run_events_logger
@@ -88,6 +88,11 @@ def _bind(request: RunRequest, protocol: ProtocolFile, bench: BenchFile) -> Prep
         channel = channel.model_copy(update={"dut": channel.dut.model_copy(update={"id": request.dut_id})})
     envelope = SafetyEnvelope.tightest(channel.dut.safety, protocol.model.safety)
     plan = bind(protocol.model, protocol.path, protocol.text, channel, envelope, request.overrides)
+    drivers = {name: instrument.driver for name, instrument in bench.config.instruments.items()}
+    problems = unsupported_steps(plan.steps, channel, drivers)
+    if problems:
+        raise InvalidInput("\n".join(f"{protocol.path}: {problem} (channel '{channel_name}' of {bench.path})"
+                                     for problem in problems))
     return PreparedRun(request, protocol, bench, channel_name, channel, plan)
 
 
@@ -137,12 +142,17 @@ def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None
     if simulation is not None and simulation_state is not None:
         simulation.restore(simulation_state)
     opened = OpenBench(clock, simulation, {}, {}, locks)
+    simulated = simulation.instruments if simulation else None
     try:
         for name in sorted(instrument_names):
             instrument = config.instruments[name]
-            transport = open_transport(instrument.resource, simulation.instruments if simulation else None,
-                                       instrument.timeout_s)
-            driver = DRIVERS[instrument.driver](transport)
+            driver_class = DRIVERS[instrument.driver]
+            if driver_class.BYTE_PROTOCOL:  # binary frames, not SCPI lines
+                transport = open_byte_transport(instrument.resource, simulated, instrument.timeout_s,
+                                                instrument.baud_rate or DEFAULT_BAUD_RATE)
+            else:
+                transport = open_transport(instrument.resource, simulated, instrument.timeout_s)
+            driver = driver_class(transport, **instrument.driver_settings())
             opened.drivers[name] = driver
             opened.identities[name] = driver.connect()
     except BaseException:
@@ -206,18 +216,19 @@ def _metadata(prepared: PreparedRun, opened: OpenBench, channel: Channel, column
 
 
 def check_against_instruments(prepared: PreparedRun) -> tuple[list[str], str]:
-    """Setpoints against the supply's ratings. Simulated instruments are asked in process;
-    real ones only when a run connects. Returns (problems, a note on what was checked)."""
+    """Setpoints against the ratings of what drives the DUT. Simulated instruments are asked in
+    process; real ones only when a run connects. Returns (problems, a note on what was checked)."""
     if not prepared.bench.config.simulated:
         return [], "instrument ranges are checked when a run connects to the bench"
     config = prepared.channel
-    opened = open_bench(prepared.bench, {config.supply}, speed=None)
+    names = set(config.drive_instruments().values())
+    opened = open_bench(prepared.bench, names, speed=None)
     try:
-        supply = opened.drivers[config.supply]
-        controls = {step.number: control_for(step, prepared.plan.envelope, supply.ratings, supply.has_power_limits,
+        drive = drive_for(config, opened.drivers)
+        controls = {step.number: control_for(step, prepared.plan.envelope, drive.ratings, drive.has_power_limits,
                                              prepared.plan.dut) for step in prepared.plan.steps}
-        return rating_problems(prepared.plan.steps, controls, supply.ratings), \
-            f"checked against the simulated {opened.identities[config.supply]}"
+        identities = " and ".join(opened.identities[name] for name in sorted(names))
+        return drive.rating_problems(prepared.plan.steps, controls), f"checked against the simulated {identities}"
     finally:
         opened.close()
 
@@ -300,12 +311,12 @@ class RunResult:
 
 def _channel(prepared: PreparedRun, opened: OpenBench) -> Channel:
     config = prepared.channel
-    return Channel(prepared.channel_name, config, opened.drivers[config.supply],
+    return Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
                    {name: opened.drivers[name] for name in config.meter_names()}, opened.clock)
 
 
 def _instrument_names(prepared: PreparedRun) -> set[str]:
-    return {prepared.channel.supply, *prepared.channel.meter_names()}
+    return {*prepared.channel.drive_instruments().values(), *prepared.channel.meter_names()}
 
 
 def _note_locks(opened: OpenBench, store: RunStore) -> None:
@@ -399,7 +410,7 @@ def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
         runners = []
         for prepared, reporter in zip(runs, reporters):
             config = prepared.channel
-            channel = Channel(prepared.channel_name, config, opened.drivers[config.supply],
+            channel = Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
                               {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
                               opened.clock)
             runner, store = _new_run(prepared, opened, channel, reporter, stop)
@@ -421,12 +432,13 @@ def _check_together(runs: list[PreparedRun]) -> None:
         raise InvalidInput("a channel is named twice: " + ", ".join(names))
     if len({p.bench.path for p in runs}) != 1 or len({p.request.speed for p in runs}) != 1:
         raise InvalidInput("channels run together must be on one bench, at one speed")
-    supplies: dict[str, str] = {}
+    users: dict[str, str] = {}
     for prepared in runs:
-        other = supplies.setdefault(prepared.channel.supply, prepared.channel_name)
-        if other != prepared.channel_name:
-            raise InvalidInput(f"{prepared.bench.path}: channels '{other}' and '{prepared.channel_name}' both use "
-                               f"supply '{prepared.channel.supply}'; one output serves one channel")
+        for role, name in prepared.channel.drive_instruments().items():
+            other = users.setdefault(name, prepared.channel_name)
+            if other != prepared.channel_name:
+                raise InvalidInput(f"{prepared.bench.path}: channels '{other}' and '{prepared.channel_name}' both use "
+                                   f"{role} '{name}'; one output serves one channel")
 
 
 # --- resuming a run after a crash, a power cut or an interruption ------------------------------
@@ -460,8 +472,8 @@ class ResumePreview:
                  f"  gap since the last checkpoint: {self.gap_s:.0f} s",
                  f"  stack voltage at the checkpoint {self.then['voltage_V']:.3f} V, now {self.now.voltage_V:.3f} V"]
         if self.output_found_on:
-            lines.append("  the supply's output was still ON: it has been switched off; charge moved during the "
-                         "gap is not in the data")
+            lines.append("  an output (supply, source or load) was still ON: it has been switched off; charge moved "
+                         "during the gap is not in the data")
         lines += [f"  NOT CONSISTENT: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -525,7 +537,7 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
         now = channel.measure()
         instruction = prepared.plan.program[checkpoint["program_counter"]]
         preview = ResumePreview(folder, instruction.step, checkpoint["step_time_s"], checkpoint["cycle_count"],
-                                gap_s, checkpoint["last_sample"], now, channel.supply.output_found_on,
+                                gap_s, checkpoint["last_sample"], now, channel.drive.output_found_on,
                                 _consistency_problems(checkpoint["last_sample"], now))
         if preview.problems and not force:
             raise InvalidInput(preview.text() + "\nresume refused: the DUT is not where the run left it "

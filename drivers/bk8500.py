@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from stackcycler.errors import InstrumentError, InstrumentLinkError, InvalidInput
 
-from .roles import LOAD_MODES, ElectronicLoad, LoadMode, LoadRatings
+from .roles import LOAD_MODES, BenchSetting, ElectronicLoad, LoadMode, LoadRatings
 from .transport import ByteTransport
 
 # --- the frame (manual p. 45) -----------------------------------------------------------------
@@ -50,6 +50,7 @@ FRAME_LENGTH = 26
 DATA_LENGTH = 22  # bytes 3-24
 START_BYTE = 0xAA
 MAX_ADDRESS = 0xFE  # 0xFF is the IT8500+ broadcast address, not one a load can have
+BAUD_RATES = (4800, 9600, 19200, 38400)  # manual p. 45
 
 # --- status frames (manual p. 46) -------------------------------------------------------------
 
@@ -290,6 +291,11 @@ def _up_to_max_setting(rating: str, max_setting: str) -> Callable[["Bk8500"], tu
 class Bk8500(ElectronicLoad):
     FRIENDLY_NAME = "BK Precision 8500"
     BYTE_PROTOCOL = True  # opened on a ByteTransport (open_byte_transport), not a MessageTransport
+    BENCH_SETTINGS = {
+        "address": BenchSetting("the load's address, set on its front panel (default 0)", range(MAX_ADDRESS + 1)),
+        "baud_rate": BenchSetting("the serial line's baud rate, as set on the load (default 9600)",
+                                  BAUD_RATES, transport=True),
+    }
 
     max_voltage_V = Register(Code.SET_MAX_VOLTAGE, Code.READ_MAX_VOLTAGE,
                              "max voltage: the input switches off about 5 % above it", COUNTS_PER_V,

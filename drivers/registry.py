@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from .bk8500 import Bk8500
 from .ea_psb import EaPsb10000
 from .keithley_smu import Keithley2400, Keithley2450
 from .keysight_daq970a import KeysightDaq970a
-from .roles import BidirectionalSupply, ScanningMeter
+from .keysight_e36312a import KeysightE36312a
+from .rigol_dl3021 import RigolDl3021
+from .roles import BidirectionalSupply, ElectronicLoad, PowerSource, ScanningMeter
 
 DRIVERS: dict[str, type] = {
+    "bk-8500": Bk8500,
     "ea-psb-10000": EaPsb10000,
     "keithley-2400": Keithley2400,
     "keithley-2450": Keithley2450,
     "keysight-daq970a": KeysightDaq970a,
+    "keysight-e36312a": KeysightE36312a,
+    "rigol-dl3021": RigolDl3021,
 }
 
 
@@ -20,4 +26,6 @@ def drivers_with_role(role: type) -> list[str]:
 
 
 SUPPLY_DRIVERS = drivers_with_role(BidirectionalSupply)
+SOURCE_DRIVERS = drivers_with_role(PowerSource)
+LOAD_DRIVERS = drivers_with_role(ElectronicLoad)
 METER_DRIVERS = drivers_with_role(ScanningMeter)

@@ -8,7 +8,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """A setting a bench file gives a driver beside its resource (an output channel, a bus
+    address), so that a bad value is refused with the file and field named, before anything opens."""
+
+    doc: str
+    accepted: tuple[int, ...] | range
+    required: bool = False
+    transport: bool = False  # a setting of the link (a baud rate), not passed to the driver
+
+    def accepted_text(self) -> str:
+        if isinstance(self.accepted, range):
+            return f"{self.accepted.start} to {self.accepted.stop - 1}"
+        return ", ".join(str(value) for value in self.accepted)
+
+
+class Instrument:
+    """What every driver class declares for the bench files and session that open it."""
+
+    # Settings a bench file may give it, by field name (see BenchSetting).
+    BENCH_SETTINGS: ClassVar[dict[str, BenchSetting]] = {}
+    # True: it speaks fixed-length binary frames and is opened on a ByteTransport; False: SCPI text lines.
+    BYTE_PROTOCOL: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -20,7 +45,7 @@ class SupplyRatings:
     max_over_current_A: float
 
 
-class BidirectionalSupply(ABC):
+class BidirectionalSupply(Instrument, ABC):
     """A DC supply that both sources and sinks (regenerative supply, four-quadrant SMU).
 
     Its one control law is voltage priority with two current clamps: it holds `voltage_V`
@@ -75,6 +100,58 @@ class BidirectionalSupply(ABC):
         """Release remote control and the connection (after safe_state)."""
 
 
+class PowerSource(Instrument, ABC):
+    """A DC power supply that only sources (a bench PSU, one output of a multi-output one).
+
+    Its control law is a voltage with a current limit: it holds `voltage_V` while the current it
+    sources stays below `current_limit_A`, and otherwise holds the limit. With the voltage set
+    above the DUT's that is constant-current charge; when the DUT reaches it, constant voltage:
+    CC, CV and CC-CV charge are native. It cannot take current out of the DUT: a DUT above the
+    set voltage just sees no current.
+    """
+
+    identity: str
+    resource: str
+    output_found_on: bool = False  # whether connect() found the output on (it switches it off)
+
+    @abstractmethod
+    def connect(self) -> str:
+        """Take remote control, switch the output off, read the ratings; return the identity."""
+
+    @property
+    @abstractmethod
+    def ratings(self) -> SupplyRatings: ...
+
+    @abstractmethod
+    def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
+        """Arm the instrument's own protection: the second line of defence if the host fails."""
+
+    @abstractmethod
+    def regulate(self, voltage_V: float, current_limit_A: float) -> None:
+        """The voltage and the current limit; range-checked before anything is sent."""
+
+    @abstractmethod
+    def set_output(self, on: bool) -> None: ...
+
+    @abstractmethod
+    def output_is_on(self) -> bool: ...
+
+    @abstractmethod
+    def measure(self) -> tuple[float, float]:
+        """(terminal voltage V, current A, + = charge: it only ever sources)."""
+
+    @abstractmethod
+    def check_errors(self) -> None: ...
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Output off, confirmed. Raises InstrumentError only if that cannot be confirmed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release remote control and the connection (after safe_state)."""
+
+
 @dataclass(frozen=True)
 class MeterChannel:
     """One input of a scanning meter: a DC voltage (with its range) or a thermocouple."""
@@ -85,7 +162,7 @@ class MeterChannel:
     thermocouple_type: str = "K"
 
 
-class ScanningMeter(ABC):
+class ScanningMeter(Instrument, ABC):
     """A multiplexed meter (scanning DAQ) read once per tick."""
 
     identity: str
@@ -124,7 +201,7 @@ class LoadRatings:
     max_resistance_ohm: float
 
 
-class ElectronicLoad(ABC):
+class ElectronicLoad(Instrument, ABC):
     """A DC electronic load: it only sinks. It regulates in one of its native modes: constant
     current (CC: the current it sinks), constant voltage (CV: it sinks whatever holds the DUT at
     the set voltage), constant resistance (CR: it sinks V/R) or constant power (CP: it sinks P/V).
@@ -138,6 +215,9 @@ class ElectronicLoad(ABC):
     identity: str
     resource: str
     input_found_on: bool = False  # whether connect() found the input on (it switches it off)
+    # True if hold_voltage() is native: CV with a current limit, i.e. the CC-CV crossover of a
+    # discharge (a plain CV mode would sink whatever the DUT gives at the step's start).
+    HOLDS_VOLTAGE_WITH_CURRENT_LIMIT: ClassVar[bool] = False
 
     @abstractmethod
     def connect(self) -> str:
@@ -154,6 +234,11 @@ class ElectronicLoad(ABC):
     @abstractmethod
     def set_mode(self, mode: LoadMode, value: float) -> None:
         """Regulate in `mode` at `value` (A, V, ohm or W, a magnitude); range-checked before anything is sent."""
+
+    def hold_voltage(self, voltage_V: float, current_limit_A: float) -> None:
+        """CV at `voltage_V`, sinking at most `current_limit_A`: it holds the limit while the DUT is
+        above the voltage and tapers once the DUT is down to it. Only where HOLDS_VOLTAGE_WITH_CURRENT_LIMIT."""
+        raise NotImplementedError(f"{type(self).__name__} has no CV mode with a current limit")
 
     @abstractmethod
     def set_input(self, on: bool) -> None: ...

@@ -65,7 +65,8 @@ class Setting:
     """One instrument setting: `driver.voltage_V = 4.2` checks the range, then sends the command.
 
     `limits(driver)` returns the allowed (low, high); ranges that depend on the model's ratings
-    are computed from what the driver read at connect.
+    are computed from what the driver read at connect. The command and the query may name
+    fields of `driver.command_fields` (`VOLT {},{channel}` on a multi-output instrument).
     """
 
     def __init__(self, set_command: str, query: str, doc: str, parse: Callable[[str], Any] = parse_number,
@@ -85,14 +86,14 @@ class Setting:
     def __get__(self, driver: "ScpiDriver | None", owner: type) -> Any:
         if driver is None:
             return self
-        return self.parse(driver.query(self.query))
+        return self.parse(driver.query(self.query.format(**driver.command_fields)))
 
     def __set__(self, driver: "ScpiDriver", value: Any) -> None:
         self.check(driver, value)
-        driver.write_checked(self.command(value))
+        driver.write_checked(self.command(driver, value))
 
-    def command(self, value: Any) -> str:
-        return self.set_command.format(self.to_text(value))
+    def command(self, driver: "ScpiDriver", value: Any) -> str:
+        return self.set_command.format(self.to_text(value), **driver.command_fields)
 
     def check(self, driver: "ScpiDriver", value: Any) -> None:
         if self.limits is not None:
@@ -118,6 +119,11 @@ class ScpiDriver:
     def resource(self) -> str:
         return self.transport.resource
 
+    @property
+    def command_fields(self) -> dict[str, str]:
+        """Fields the Setting commands of this instrument name, e.g. its output's channel list."""
+        return {}
+
     def write(self, command: str) -> None:
         self._last_command = command
         self.transport.write(command)
@@ -139,6 +145,10 @@ class ScpiDriver:
             raise InstrumentError(f"unreadable SYST:ERR? reply {reply!r}") from None
 
     def check_errors(self) -> None:
+        """The role's health check; a model with more to check (protection flags) extends it."""
+        self.check_error_queue()
+
+    def check_error_queue(self) -> None:
         """Drain the error queue; raise if the instrument reported anything."""
         errors = []
         for _ in range(self.MAX_ERRORS_DRAINED):
@@ -155,7 +165,7 @@ class ScpiDriver:
     def write_checked(self, command: str) -> None:
         self.write(command)
         if not self._defer_checks:
-            self.check_errors()
+            self.check_error_queue()
 
     def set_many(self, values: dict[str, Any]) -> None:
         """Several settings at once: all are range-checked before any is sent, so a bad value
@@ -165,7 +175,7 @@ class ScpiDriver:
             setting.check(self, value)
         with self.batch():
             for setting, value in settings:
-                self.write(setting.command(value))
+                self.write(setting.command(self, value))
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -176,7 +186,7 @@ class ScpiDriver:
         finally:
             self._defer_checks -= 1
         if not self._defer_checks:
-            self.check_errors()
+            self.check_error_queue()
 
     def close(self) -> None:
         self.transport.close()

@@ -4,6 +4,9 @@ Each simulated instrument listens on its own port (line-terminated SCPI, one rep
 query, as on port 5025 of a LAN instrument), so any VISA client reaches it as
 `TCPIP::127.0.0.1::<port>::SOCKET`: the real drivers, pyvisa-py and the whole network path run
 exactly as on a bench, against the stack model on the wall clock. `cycler sim serve` starts it.
+A binary-frame instrument (the BK 8500 load) is served as a raw byte stream, the way a
+serial-to-LAN adapter serves a serial port; pyserial reaches it as `socket://127.0.0.1:<port>`,
+which the byte transport opens like a serial port.
 
 The instruments share one simulated world, so messages are handled one at a time (a lock), as
 they would reach one bench.
@@ -29,6 +32,23 @@ class _ScpiLineHandler(socketserver.StreamRequestHandler):
                 self.wfile.flush()
 
 
+class _ByteStreamHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while True:
+            data = self.request.recv(256)
+            if not data:
+                return
+            with self.server.world_lock:
+                reply = self.server.device.receive(data)
+            if reply:
+                self.request.sendall(reply)
+
+
+def speaks_bytes(device) -> bool:
+    """A binary-frame simulator (it has `receive`), not a SCPI one (`handle`)."""
+    return callable(getattr(device, "receive", None))
+
+
 class _InstrumentServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -43,6 +63,8 @@ class ServedInstrument:
     @property
     def resource(self) -> str:
         host = self.server.server_address[0]
+        if speaks_bytes(self.server.device):
+            return f"socket://{host}:{self.port}"
         return f"TCPIP::{host}::{self.port}::SOCKET"
 
 
@@ -55,7 +77,8 @@ class SimulationServer:
         self.served: list[ServedInstrument] = []
         try:
             for k, (name, device) in enumerate(sorted(simulation.instruments.items())):
-                server = _InstrumentServer((host, first_port + k if first_port else 0), _ScpiLineHandler)
+                handler = _ByteStreamHandler if speaks_bytes(device) else _ScpiLineHandler
+                server = _InstrumentServer((host, first_port + k if first_port else 0), handler)
                 server.device = device
                 server.world_lock = self.world_lock
                 self.served.append(ServedInstrument(name, server.server_address[1], server))

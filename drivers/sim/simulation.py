@@ -12,21 +12,29 @@ from stackcycler.clock import Clock
 
 from ..scpi import parse_channel_list
 from ..sensors import PressureFixture
+from .bk8500 import Bk8500SimConfig, SimBk8500
 from .daq970a import Daq970aSimConfig, SimDaq970a
 from .ea_psb import EaPsbSimConfig, SimEaPsb
 from .keithley_smu import Keithley2400SimConfig, Keithley2450SimConfig, SimKeithley2400, SimKeithley2450
-from .scpi import ScpiInstrument
+from .keysight_e36312a import KeysightE36312aSimConfig, SimKeysightE36312a
+from .rigol_dl3021 import RigolDl3021SimConfig, SimRigolDl3021
 from .stack import StackModel, StackParameters
 from .world import SimWorld
 
-SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Keithley2450SimConfig, Keithley2400SimConfig, Daq970aSimConfig],
+SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Keithley2450SimConfig, Keithley2400SimConfig,
+                                      KeysightE36312aSimConfig, RigolDl3021SimConfig, Bk8500SimConfig,
+                                      Daq970aSimConfig],
                                Field(discriminator="kind")]
 
-# The simulator behind each supply configuration (the DAQ, wired to several stacks, is built apart).
-SUPPLY_SIMULATORS: dict[type, type] = {
+# The simulator behind each instrument wired to one stack's terminals: supplies, sources and
+# loads (the DAQ, wired to several stacks, is built apart).
+TERMINAL_SIMULATORS: dict[type, type] = {
     EaPsbSimConfig: SimEaPsb,
     Keithley2450SimConfig: SimKeithley2450,
     Keithley2400SimConfig: SimKeithley2400,
+    KeysightE36312aSimConfig: SimKeysightE36312a,
+    RigolDl3021SimConfig: SimRigolDl3021,
+    Bk8500SimConfig: SimBk8500,
 }
 
 MAIN_STACK = "main"
@@ -66,7 +74,7 @@ class SimulationConfig(BaseModel):
 @dataclass
 class Simulation:
     worlds: dict[str, SimWorld]  # one per simulated stack, on one clock
-    instruments: dict[str, ScpiInstrument]
+    instruments: dict[str, object]  # SCPI instruments (`handle`) and binary ones (`receive`)
 
     @property
     def world(self) -> SimWorld:
@@ -97,11 +105,11 @@ def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
     worlds = {name: SimWorld(StackModel(params, seed=config.seed + k), clock, fixture=config.fixture,
                              seed=config.seed + k)
               for k, (name, params) in enumerate(config.stacks().items())}
-    instruments: dict[str, ScpiInstrument] = {}
+    instruments: dict[str, object] = {}
     for name, instrument in config.instruments.items():
         if isinstance(instrument, Daq970aSimConfig):
             instruments[name] = SimDaq970a(worlds[instrument.stack], name, instrument,
                                            {stack: worlds[stack] for stack in instrument.more_stacks})
         else:
-            instruments[name] = SUPPLY_SIMULATORS[type(instrument)](worlds[instrument.stack], name, instrument)
+            instruments[name] = TERMINAL_SIMULATORS[type(instrument)](worlds[instrument.stack], name, instrument)
     return Simulation(worlds, instruments)
