@@ -45,6 +45,10 @@ class DutSpec(_Strict):
     nominal_capacity_Ah: float | None = Field(None, gt=0, description="needed for C-rates")
     charge_voltage_V: float | None = Field(None, gt=0, description="end-of-charge stack voltage")
     discharge_voltage_V: float | None = Field(None, gt=0, description="end-of-discharge stack voltage")
+    mass_kg: float | None = Field(None, gt=0, description="for specific energy (Wh/kg)")
+    volume_L: float | None = Field(None, gt=0, description="for energy density (Wh/L)")
+    fixture_excluded: bool | None = Field(
+        None, description="mass and volume leave out the pressure fixture (else energy densities are flagged)")
     safety: SafetyLimits = SafetyLimits()
 
 

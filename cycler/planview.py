@@ -88,7 +88,7 @@ def plan_lines(plan: Plan, bench_name: str, channel_name: str, expected_s: float
     if plan.parameters:
         lines.append("parameters: " + ", ".join(f"{k} = {v:g}" for k, v in plan.parameters.items()))
     needed = [name.replace("_", " ") for name, on in plan.protocol.requires.model_dump().items() if on]
-    lines.append("requires: " + (", ".join(needed) if needed else "nothing beyond a supply") + " (present on this channel)")
+    lines.append("requires: " + (", ".join(needed) if needed else "nothing beyond a way to charge and discharge") + " (present on this channel)")
     depth = 0
     for index, instruction in enumerate(plan.program):
         indent = "  " * depth

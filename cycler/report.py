@@ -152,13 +152,14 @@ def _test_table(data: Dataset) -> str:
 
 
 def _result(data: Dataset, summary: pd.DataFrame, eol_retention: float) -> str:
-    from .analysis import result_line
+    from .analysis import fixture_note, result_line
     from .summaryview import end_of_life_line
 
     if summary.empty:
         return "<p>no samples</p>"
-    lines = [data.metadata.get("result") or result_line(summary), end_of_life_line(summary, eol_retention)]
-    return "".join(f"<p>{_e(line)}</p>" for line in lines)
+    lines = [data.metadata.get("result") or result_line(summary), end_of_life_line(summary, eol_retention),
+             fixture_note(data.dut) or ""]
+    return "".join(f"<p>{_e(line)}</p>" for line in lines if line)
 
 
 def _events(data: Dataset) -> str:

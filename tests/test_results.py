@@ -388,3 +388,13 @@ def test_the_report_of_an_hppc_file_has_its_blocks_and_the_resistance_figure(tmp
     assert "<h2>HPPC blocks</h2>" in page and "<h2>HPPC resistance against state of charge</h2>" in page
     assert page.count("<tr><td class='num'>") >= 10  # ten blocks, as the Bitrode program ran them
     assert len(list((tmp_path / "r").glob("*-hppc-resistance.png"))) == 1
+
+
+def test_a_run_on_a_dut_with_mass_and_volume_reports_its_energy_densities(sim_run):
+    summary = summarise(load(sim_run.outcome.folder))
+    dut = load(sim_run.outcome.folder).dut
+    energy = summary[C["discharge_energy_Wh"]].iloc[0]
+    assert summary[C["specific_energy_Wh_per_kg"]].iloc[0] == pytest.approx(energy / dut["mass_kg"])
+    assert summary[C["energy_density_Wh_per_L"]].iloc[0] == pytest.approx(energy / dut["volume_L"])
+    from stackcycler.analysis import fixture_note
+    assert fixture_note(dut) is None  # the bench says the fixture is excluded
