@@ -491,6 +491,32 @@ def compare_command(paths, runs_dir, eol_retention, output, as_json):
         console.print(f"figure: {figure}", markup=False)
 
 
+@main.group("bench")
+def bench_group() -> None:
+    """Bench files and the instruments on them."""
+
+
+@bench_group.command("check", epilog=EXIT_CODE_HELP)
+@click.argument("bench")
+def bench_check(bench):
+    """Connect to every instrument of BENCH (a file or a built-in name), print its identity and
+    error queue, read each channel once and check the wiring: layer voltages add up to the stack
+    voltage, temperatures and pressure readable and plausible, outputs off. Switches nothing on."""
+    from .benchcheck import check_bench
+
+    try:
+        report = check_bench(load_bench(bench))
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    console.print(f"bench: {report.bench}", markup=False)
+    for finding in report.findings:
+        console.print(finding.line(), markup=False)
+    failed = sum(not f.ok for f in report.findings)
+    console.print(f"{len(report.findings) - failed} ok, {failed} failed", markup=False)
+    sys.exit(int(report.exit_code))
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)
