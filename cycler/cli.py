@@ -517,6 +517,25 @@ def bench_check(bench):
     sys.exit(int(report.exit_code))
 
 
+@main.command("instruments", epilog=EXIT_CODE_HELP)
+@click.option("--no-query", is_flag=True, help="List only; do not ask each instrument *IDN?.")
+@click.option("--resource", "resources", multiple=True, metavar="VISA",
+              help="Ask these resources instead of what VISA lists (e.g. a LAN instrument it cannot discover).")
+def instruments(no_query, resources):
+    """List the VISA resources and serial ports this PC can see, with each instrument's identity."""
+    from .instruments import seen_instruments
+
+    try:
+        seen = seen_instruments(list(resources) or None, query=not no_query)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    for item in seen:
+        console.print(f"{item.resource}  ({item.kind})  {item.identity}", markup=False)
+    if not seen:
+        console.print("no VISA resources and no serial ports found", markup=False)
+
+
 def _operator_request(request: str, run_name: str, runs_dir: Path) -> None:
     try:
         folder = find_run(run_name, runs_dir)
