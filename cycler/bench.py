@@ -27,9 +27,10 @@ from stackcycler.drivers.transport import DEFAULT_TIMEOUT_S, SIM_SCHEME
 
 from .errors import InvalidInput
 from .safety import SafetyLimits
-from .validation import builtin_files, find_data_file, parse_yaml, read_text, validate_data
+from .validation import builtin_files, find_data_file, parse_data_text, read_text, validate_data
 
 MAX_EXTENDS_DEPTH = 8
+BENCH_SUFFIXES = (".toml", ".yaml", ".yml")  # TOML is the bench format; YAML is read as well
 
 
 class _Strict(BaseModel):
@@ -227,7 +228,7 @@ class BenchConfig(_Strict):
 
 
 def builtin_benches() -> dict[str, Path]:
-    return builtin_files(resources.files("stackcycler") / "benches", (".yaml",))
+    return builtin_files(resources.files("stackcycler") / "benches", BENCH_SUFFIXES)
 
 
 def resolve_bench(name_or_path: str, relative_to: Path | None = None) -> Path:
@@ -245,7 +246,7 @@ def _merge(base: Any, override: Any) -> Any:
 
 def _load_bench_data(path: Path, depth: int = 0) -> tuple[dict, dict, str]:
     text = read_text(path, "bench")
-    data, lines = parse_yaml(text, str(path))
+    data, lines = parse_data_text(text, path)
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a bench file is a mapping of fields (name, instruments, channels, ...)")
     base_name = data.pop("extends", None)

@@ -45,8 +45,8 @@ from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_co
 from .safety import SafetyEnvelope
 from .scheduler import SharedMeter, run_together
 from .sample import Sample
-from .store import (CHECKPOINT_FILE, METADATA_FILE, SIGN_CONVENTION, SUMMARY_FILE, RunStore, new_run_folder, read_json,
-                    utc_iso)
+from .store import (CHECKPOINT_FILE, METADATA_FILE, SIGN_CONVENTION, SUMMARY_FILE, RunStore, bench_copy_name,
+                    new_run_folder, read_json, utc_iso)
 from .validation import validate_data
 
 
@@ -384,7 +384,7 @@ def _new_run(prepared: PreparedRun, opened: OpenBench, channel: Channel, reporte
             f"{prepared.bench.config.name}_{prepared.channel_name}")
     store = RunStore.create(new_run_folder(prepared.request.runs_dir, _safe(stem)), columns,
                             _metadata(prepared, opened, channel, [c.name for c in columns]),
-                            prepared.protocol.text, prepared.bench.text)
+                            prepared.protocol.text, prepared.bench.text, prepared.bench.path)
     _note_locks(opened, store)
     snapshot = opened.simulation.snapshot if opened.simulation else None
     return Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot), store
@@ -565,9 +565,9 @@ def _prepare_resume(folder: Path, meta: dict) -> PreparedRun:
     """The plan as it was run: the bench as recorded (with its `extends` merged), the protocol
     file if it is unchanged (its profile files are beside it) or else the copy in the run folder."""
     bench_meta = meta["bench"]
-    config = validate_data(BenchConfig, bench_meta["resolved"], str(folder / "bench.yaml"), {})
-    bench = BenchFile(config, folder / "bench.yaml", (folder / "bench.yaml").read_text(encoding="utf-8"),
-                      bench_meta["resolved"])
+    copy = folder / bench_copy_name(Path(bench_meta["file"]))
+    config = validate_data(BenchConfig, bench_meta["resolved"], str(copy), {})
+    bench = BenchFile(config, copy, copy.read_text(encoding="utf-8"), bench_meta["resolved"])
     original = Path(meta["protocol"]["file"])
     unchanged = original.is_file() and _sha256(original.read_text(encoding="utf-8")) == meta["protocol"]["sha256"]
     protocol = load_protocol(str(original if unchanged else folder / "protocol.yaml"))

@@ -2,7 +2,7 @@
 
     run.json          metadata (protocol, bench, instruments, versions, DUT, operator, times,
                       sign convention) and the run's state; rewritten atomically
-    protocol.yaml     the protocol file as run;  bench.yaml: the bench file as written
+    protocol.yaml     the protocol file as run;  bench.toml (or .yaml): the bench file as written
     samples.csv       one row per recorded sample, Battery Data Format column names; append-only
     events.jsonl      step starts and ends, trips, faults, interruptions, resumes; one JSON a line
     checkpoint.json   where the run is and how many sample rows are safely on disk; atomic
@@ -91,6 +91,11 @@ def new_run_folder(runs_dir: Path, stem: str) -> Path:
         raise StorageFailure(f"cannot create a run folder in {runs_dir}: {error.strerror}") from None
 
 
+def bench_copy_name(source: Path) -> str:
+    """The run folder's copy of a bench file keeps its format: bench.toml or bench.yaml."""
+    return "bench.toml" if Path(source).suffix.lower() == ".toml" else "bench.yaml"
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -139,10 +144,10 @@ class RunStore:
 
     @classmethod
     def create(cls, folder: Path, columns: Sequence[Column], metadata: dict[str, Any],
-               protocol_text: str, bench_text: str) -> "RunStore":
+               protocol_text: str, bench_text: str, bench_source: Path = Path("bench.yaml")) -> "RunStore":
         try:
             (folder / "protocol.yaml").write_text(protocol_text, encoding="utf-8")
-            (folder / "bench.yaml").write_text(bench_text, encoding="utf-8")
+            (folder / bench_copy_name(bench_source)).write_text(bench_text, encoding="utf-8")
             (folder / SAMPLES_FILE).write_text(",".join(c.name for c in columns) + "\n", encoding="utf-8")
             atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=2, default=str) + "\n")
         except OSError as error:

@@ -8,6 +8,7 @@ data, never code.
 from __future__ import annotations
 
 import re
+import tomllib
 import types
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -47,6 +48,48 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[PathKey, int]]:
     if node is not None:
         _line_map(node, (), lines)
     return data, lines
+
+
+# TOML has no parser that keeps positions: a key's line is found by reading the lines, which is
+# all an error message needs (a nested key inside an inline table points at its table's line).
+_TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*(.+?)\s*\]\]?\s*(?:#.*)?$")
+_TOML_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_TOML_KEY_PART = re.compile(r"""[A-Za-z0-9_-]+|"([^"]*)"|'([^']*)'""")
+
+
+def _toml_key(text: str) -> PathKey:
+    return tuple(next(g for g in match.groups() if g is not None) if match.group(0)[0] in "\"'" else match.group(0)
+                 for match in _TOML_KEY_PART.finditer(text))
+
+
+def parse_toml(text: str, source: str) -> tuple[Any, dict[PathKey, int]]:
+    """Parse TOML; return the data and the line of every table and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UnreadableInput(f"{source}: not valid TOML ({error})") from None
+    lines: dict[PathKey, int] = {}
+    table: PathKey = ()
+    array_counts: dict[PathKey, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TOML_TABLE.match(line)
+        if header and not _TOML_KEY.match(line):
+            path = _toml_key(header.group(2))
+            if header.group(1) == "[[":  # an array of tables: each header is the next item
+                array_counts[path] = array_counts.get(path, -1) + 1
+                path = path + (array_counts[path],)
+            table = path
+            lines.setdefault(table, number)
+            continue
+        key = _TOML_KEY.match(line)
+        if key:
+            lines.setdefault(table + _toml_key(key.group(1)), number)
+    return data, lines
+
+
+def parse_data_text(text: str, path: Path) -> tuple[Any, dict[PathKey, int]]:
+    """A data file's contents by its suffix: TOML (`.toml`), else YAML (which reads JSON too)."""
+    return parse_toml(text, str(path)) if path.suffix.lower() == ".toml" else parse_yaml(text, str(path))
 
 
 def builtin_files(folder, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -215,6 +258,6 @@ def validate_data(model: type[M], data: Any, source: str, lines: dict[PathKey, i
 def load_model(model: type[M], path: Path, what: str) -> tuple[M, str]:
     """Read, parse and validate a data file; return the model and the file's text."""
     text = read_text(path, what)
-    data, lines = parse_yaml(text, str(path))
+    data, lines = parse_data_text(text, path)
     return validate_data(model, data, str(path), lines), text
 

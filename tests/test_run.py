@@ -97,7 +97,7 @@ def test_run_folder_describes_itself(run_protocol):
     assert meta["software"]["stackcycler"]
     assert meta["started"] and meta["ended"]
     assert (folder / "protocol.yaml").read_text().startswith("# Capacity check")
-    assert "name: sim" in (folder / "bench.yaml").read_text()
+    assert 'name = "sim"' in (folder / "bench.toml").read_text()
     assert meta["summary"][0]["discharge_capacity_Ah"] > 1.9
 
 

@@ -1,0 +1,57 @@
+"""Bench files are TOML (YAML is read too): the built-ins, errors with their lines, extends."""
+
+from __future__ import annotations
+
+import pytest
+
+from stackcycler.bench import builtin_benches, load_bench
+from stackcycler.errors import InvalidInput, UnreadableInput
+
+
+def test_the_built_in_benches_ship_as_toml_and_load():
+    benches = builtin_benches()
+    assert {"sim", "sim-2ch", "sim-weak-layer", "sim-keithley2450"} <= set(benches)
+    assert benches["sim"].suffix == ".toml"
+    bench = load_bench("sim-weak-layer")  # extends sim
+    assert bench.config.simulation.stack.layer_capacity_scale == {7: 0.85}  # TOML keys are text: read as layers
+    assert bench.config.channels["stack1"].dut.layers == 23
+
+
+def test_an_unknown_field_in_a_toml_bench_is_named_with_its_line_and_what_is_accepted(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('extends = "sim"\n\n[channels.stack1.dut]\nid = "x"\nlayer = 23\n')
+    with pytest.raises(InvalidInput) as error:
+        load_bench(str(path))
+    message = str(error.value)
+    assert f"{path}, line 5: unknown field 'channels.stack1.dut.layer'" in message
+    assert "accepted here:" in message and "layers" in message
+
+
+def test_a_check_of_a_whole_channel_points_at_the_channels_table(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('extends = "sim"\n\n[channels.stack1]\nlayer_voltages = { meter = "daq", channels = "101:120", '
+                    'range_V = 10 }\n')
+    with pytest.raises(InvalidInput, match=r"mine\.toml, line 3: 'channels\.stack1': .*lists 20 channels but dut\.layers is 23"):
+        load_bench(str(path))
+
+
+def test_an_array_of_tables_item_is_located(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('extends = "sim"\n\n[[channels.stack1.temperatures]]\nmeter = "daq"\nchannel = 204\n'
+                    'sensor = "T1"\n\n[[channels.stack1.temperatures]]\nmeter = "daq"\nchannel = 205\nsensor = "T9"\n')
+    with pytest.raises(InvalidInput, match=r"mine\.toml, line 11: .*temperatures\[1\]\.sensor"):
+        load_bench(str(path))
+
+
+def test_toml_that_does_not_parse_is_unreadable_with_its_line(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x"\n[instruments\n')
+    with pytest.raises(UnreadableInput, match=r"broken\.toml: not valid TOML \(.*line 2"):
+        load_bench(str(path))
+
+
+def test_a_yaml_bench_still_reads_and_may_extend_a_toml_one(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: sim\nname: mine\nchannels:\n  stack1:\n    tick_s: 0.5\n")
+    bench = load_bench(str(path))
+    assert bench.config.name == "mine" and bench.config.channels["stack1"].tick_s == 0.5
