@@ -1,7 +1,10 @@
-"""Benchmarks: `python tests/benchmarks/run.py [--quick]` prints a table and writes JSON.
+"""Benchmarks: `python tests/benchmarks/run.py [--quick]` runs them all, prints one table and writes JSON.
 
 Every figure is a median over repeats with its spread, and every speed figure is measured side
-by side with its baseline in the same process run (these machines are shared and noisy).
+by side with its baseline in the same process run, interleaved (these machines are shared and
+noisy). The issue's targets are printed beside the figures they apply to, judged on the median.
+`--quick` runs the same benchmarks at small sizes, in about a minute; a size-dependent target
+(memory over 1,000,000 samples, the summary of 10,000,000 rows) is judged at full size only.
 
 1. ticks/s: the default simulated 23-layer bench, in process, through the real drivers:
    - baseline: a bare loop of the channel's measure() on the virtual clock (drivers + simulators);
@@ -16,47 +19,77 @@ by side with its baseline in the same process run (these machines are shared and
    from after a warm-up to the last sample, measured in a fresh process so that nothing run
    before it sets the peak. The peak after the end-of-run summary (which reads samples.csv back)
    is shown apart.
-4. breach-to-off latency: capacity-check on the sim-weak-layer bench, recorded every tick,
-   trips on layer 7's over-voltage; the ticks from the first recorded sample over the limit to
-   the moment OUTP OFF reaches the simulated supply (on the virtual clock).
+4. breach-to-off latency on the virtual clock: capacity-check on the sim-weak-layer bench,
+   recorded every tick, trips on layer 7's over-voltage; the ticks from the first recorded
+   sample over the limit to the moment OUTP OFF reaches the simulated supply.
 5. runner overhead over loopback TCP: the default bench's simulators served by `cycler sim
-   serve` on 127.0.0.1 and driven through pyvisa-py in real time; the runner's time inside a
-   tick (median, 50 ms ticks) against the median time of the raw pyvisa queries a tick needs
-   (MEAS:ARR? to the supply, READ? to the DAQ) on the same server, paced every 50 ms as well,
-   interleaved.
+   serve` (SimulationServer) on 127.0.0.1 and driven through pyvisa-py in real time; the
+   runner's time inside a tick (median, 50 ms ticks) against the median time of the raw pyvisa
+   queries a tick needs (MEAS:ARR? to the supply, READ? to the DAQ) on the same server, paced
+   every 50 ms as well, interleaved.
+6. sample writing: the run folder's writer (RunStore.append_sample, with a checkpoint every
+   half second of wall time as the runner does, then close) writing rows of the default bench's
+   real column set, the rows a capacity check recorded, against plain `csv.writer` writing the
+   same rows to a file (then flush and fsync, as RunStore's close does), interleaved: rows/s and
+   bytes/row of each. And the share of the runner's tick time spent in RunStore's sample calls
+   (append_sample, flush, checkpoint; outermost calls only) during that capacity check.
+7. the BK 8500 serial path: the simulated load served on the master side of a pseudo-terminal
+   (os.openpty) from a thread, the real driver on the slave side through pyserial
+   (SerialByteTransport); the round trip of a measurement (Bk8500.measure: a 0x5F frame out, its
+   26-byte reply back, checked and decoded) against the same frame written and its reply read
+   raw with pyserial on the same pty, alternating query by query.
+8. breach-to-off latency over loopback TCP, in milliseconds: as 4, but the sim-weak-layer
+   bench's simulators served over TCP in real time (50 ms ticks), started from the simulated
+   hardware's state shortly before benchmark 4 tripped (the snapshot in the checkpoint of the
+   same run on the virtual clock, stopped there), so that the trip comes within a second or two;
+   from the moment the simulated DAQ returns the first READ? reply with a layer voltage over the
+   limit to the moment OUTP OFF reaches the simulated supply (wall clock, both noted in the
+   server's threads), and the runner ticks begun in between.
+9. per-cycle summary of a big file (summary.py, which also runs on its own): ours against a
+   plain pandas groupby, each in a fresh process, interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import operator
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from bisect import bisect_right
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 import yaml
 
+import summary
+from bench_common import resident_MB, summarise
 from stackcycler.bench import load_bench
 from stackcycler.channel import Channel
 from stackcycler.cli import served_bench_text
 from stackcycler.clock import WallClock
+from stackcycler.drivers.bk8500 import Bk8500, Code, encode_frame
+from stackcycler.drivers.scpi import parse_channel_list
+from stackcycler.drivers.sim.daq970a import SimDaq970a
+from stackcycler.drivers.sim.ea_psb import SimEaPsb
 from stackcycler.drivers.sim.serve import SimulationServer
 from stackcycler.drivers.sim.simulation import build_simulation
-from stackcycler.runner import Runner
-from stackcycler.drivers.sim.ea_psb import SimEaPsb
+from stackcycler.drivers.transport import DEFAULT_BAUD_RATE, SerialByteTransport
 from stackcycler.live import SilentReporter
+from stackcycler.runner import CHECKPOINT_INTERVAL_WALL_S, Runner, StopRequest
 from stackcycler.safety import SafetyEnvelope
 from stackcycler.session import RunRequest, execute, open_bench, prepare
-from stackcycler.store import EVENTS_FILE, SAMPLES_FILE
+from stackcycler.store import CHECKPOINT_FILE, EVENTS_FILE, SAMPLES_FILE, Column, RunStore, read_json
 
 HERE = Path(__file__).parent
 LIFE_TEST = HERE / "life-test-1c.yaml"
@@ -65,10 +98,162 @@ LIFE_TEST = HERE / "life-test-1c.yaml"
 PYBAMM_CYCLE = ("Charge at 1C until 4.2 V", "Hold at 4.2 V until C/20", "Rest for 10 minutes",
                 "Discharge at 1C until 3.0 V", "Rest for 10 minutes")
 PYBAMM_PARAMETERS = "Chen2020"
+WEAK_BENCH = "sim-weak-layer"  # trips on layer 7's over-voltage during the capacity check's charge
+BK8500_BENCH = "sim-e36312a-bk8500"
+LOOPBACK_TICK_S = 0.05  # the runner's tick over loopback TCP (benchmarks 5 and 8)
+BREACH_LEAD_S = 2.0  # benchmark 8 starts from a virtual run stopped this long (test time) before benchmark 4
+# tripped; the stop lands at the next tick, so the served run trips about a second after it starts
+BREACH_TIMEOUT_S = 30.0  # ... and gives up if no trip has come after this long
 
 
-def summarise(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int  # ticks/s, sample writing, the pty round trip, breach over TCP
+    capacity_overrides: dict[str, float]  # of the capacity check (ticks/s, sample writing)
+    life_cycles: int
+    life_repeats: int
+    memory_samples: int
+    loopback_ticks: int
+    loopback_repeats: int
+    writer_rows: int
+    pty_queries: int
+    summary_rows: int
+    summary_repeats: int
+    full: bool = True  # the sizes the issue's size-dependent targets are stated at
+
+
+FULL = Sizes(repeats=5, capacity_overrides={}, life_cycles=100, life_repeats=3, memory_samples=1_000_000,
+             loopback_ticks=1000, loopback_repeats=3, writer_rows=300_000, pty_queries=1000,
+             summary_rows=summary.TARGET_ROWS, summary_repeats=3)
+QUICK = Sizes(repeats=3, capacity_overrides={"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0},
+              life_cycles=3, life_repeats=2, memory_samples=50_000, loopback_ticks=100, loopback_repeats=2,
+              writer_rows=50_000, pty_queries=200, summary_rows=summary.QUICK_ROWS, summary_repeats=2, full=False)
+SMOKE = Sizes(repeats=1, capacity_overrides=QUICK.capacity_overrides, life_cycles=1, life_repeats=1,
+              memory_samples=2000, loopback_ticks=5, loopback_repeats=1, writer_rows=2000, pty_queries=20,
+              summary_rows=10_000, summary_repeats=1, full=False)  # does the harness still run? (the tests)
+
+
+# --- instrumentation shared by several benchmarks ------------------------------------------------
+
+
+@contextmanager
+def timed_ticks(spans: list[list[float]]) -> Iterator[None]:
+    """Note [start, end] wall times (perf_counter) of every tick of the runner; the start is noted
+    as the tick begins, so a tick that is still running (or raised) has its start."""
+    original = Runner._tick
+
+    def timed(self):
+        span = [time.perf_counter()]
+        spans.append(span)
+        try:
+            return original(self)
+        finally:
+            span.append(time.perf_counter())
+
+    Runner._tick = timed
+    try:
+        yield
+    finally:
+        Runner._tick = original
+
+
+@contextmanager
+def output_switches(log: list[tuple[float, float, bool]]) -> Iterator[None]:
+    """Note (simulated clock's time, wall time (perf_counter), on) of every OUTP command the
+    simulated supply executes, as it has executed it."""
+    original = SimEaPsb._output
+
+    def noted(self, args):
+        original(self, args)
+        log.append((self.world.clock.now(), time.perf_counter(), self.output_on))
+
+    SimEaPsb._output = noted
+    try:
+        yield
+    finally:
+        SimEaPsb._output = original
+
+
+@contextmanager
+def layer_readings_over(limit_V: float, log: list[float]) -> Iterator[None]:
+    """Note the wall time (perf_counter) at which the simulated DAQ returns each READ? reply with a
+    layer voltage over `limit_V`."""
+    original = SimDaq970a.handle
+
+    def noted(self, message):
+        reply = original(self, message)
+        returned = time.perf_counter()
+        if reply is not None and message.strip().upper() == "READ?":
+            fields = reply.split(",")
+            values = fields[0::2] if self.format_channel else fields  # in scan-list order
+            layers = set(parse_channel_list(self.config.layer_channels))
+            if any(float(value) > limit_V for value, channel in zip(values, self.scan_list) if channel in layers):
+                log.append(returned)
+        return reply
+
+    SimDaq970a.handle = noted
+    try:
+        yield
+    finally:
+        SimDaq970a.handle = original
+
+
+class StopAt(SilentReporter):
+    """Asks the run to stop at its first tick at or after test time `test_time_s`."""
+
+    def __init__(self, stop: StopRequest, test_time_s: float):
+        self.stop, self.test_time_s = stop, test_time_s
+
+    def tick(self, status) -> None:
+        if status.sample.test_time_s >= self.test_time_s:
+            self.stop.request(f"benchmark: stop at {self.test_time_s:g} s")
+
+
+@contextmanager
+def served_bench(name: str, tick_s: float, simulation_state: dict | None = None,
+                 ) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The simulators of bench `name` served over loopback TCP in real time (continuing from
+    `simulation_state`, a snapshot from a checkpoint, if given): a bench file that reaches them as
+    real instruments, ticking every `tick_s`, in a temporary folder (for runs, too), and the
+    instruments' resources."""
+    bench = load_bench(name)
+    clock = WallClock(simulation_state["time_s"] if simulation_state else 0.0)
+    simulation = build_simulation(bench.config.simulation, clock)
+    if simulation_state:
+        simulation.restore(simulation_state)
+    previous_lock_dir = os.environ.get("CYCLER_LOCK_DIR")
+    with tempfile.TemporaryDirectory() as folder, SimulationServer(simulation) as server:
+        os.environ["CYCLER_LOCK_DIR"] = str(Path(folder) / "locks")  # a served bench is a real one: locked
+        try:
+            data = yaml.safe_load(served_bench_text(bench, server.resources()))
+            for channel in data["channels"].values():
+                channel["tick_s"] = tick_s
+            path = Path(folder) / "served.yaml"
+            path.write_text(yaml.safe_dump(data))
+            yield path, server.resources()
+        finally:
+            if previous_lock_dir is None:
+                os.environ.pop("CYCLER_LOCK_DIR", None)
+            else:
+                os.environ["CYCLER_LOCK_DIR"] = previous_lock_dir
+
+
+def capacity_check_every_tick(folder: Path) -> Path:
+    """capacity-check as in the library, recorded every second (every tick on a 1 s bench), written
+    into `folder`."""
+    protocol = yaml.safe_load((resources.files("stackcycler.protocols") / "capacity-check.yaml").read_text())
+    protocol["record"] = {"time_s": 1}
+    path = folder / "capacity-check-every-tick.yaml"
+    path.write_text(yaml.safe_dump(protocol, sort_keys=False))
+    return path
+
+
+def assert_completed(result) -> None:
+    assert result.outcome.state == "completed", result.outcome.reason
+
+
+def run_ticks(result, prepared) -> int:
+    return int(result.simulation.world.clock.now() / prepared.channel.tick_s) + 1
 
 
 # --- 1. ticks per second -------------------------------------------------------------------------
@@ -97,9 +282,19 @@ def runner_ticks_per_s(overrides: dict[str, float]) -> tuple[float, int]:
         start = time.perf_counter()
         result = execute(prepared, SilentReporter())
         elapsed = time.perf_counter() - start
-        assert result.outcome.state == "completed", result.outcome.reason
-        ticks = int(result.simulation.world.clock.now() / prepared.channel.tick_s) + 1
+        assert_completed(result)
+        ticks = run_ticks(result, prepared)
         return ticks / elapsed, ticks
+
+
+def ticks_per_s(sizes: Sizes) -> dict:
+    bare, runner, ticks = [], [], 0
+    for _ in range(sizes.repeats):  # interleaved, so drift on a shared machine hits both alike
+        rate, ticks = runner_ticks_per_s(sizes.capacity_overrides)
+        runner.append(rate)
+        bare.append(bare_measure_ticks_per_s(ticks))
+    return {"bare_measure": summarise(bare), "runner": summarise(runner),
+            "runner_cost_over_bare_measure": summarise([b / r for b, r in zip(bare, runner)]), "ticks_per_run": ticks}
 
 
 # --- 2. the life test, ours and PyBaMM's ------------------------------------------------------------
@@ -113,9 +308,8 @@ def our_life_test_s_per_cycle(cycles: int) -> tuple[float, float]:
         start = time.perf_counter()
         result = execute(prepared, SilentReporter())
         elapsed = time.perf_counter() - start
-        assert result.outcome.state == "completed", result.outcome.reason
-        ticks = int(result.simulation.world.clock.now() / prepared.channel.tick_s) + 1
-        return elapsed / cycles, ticks / elapsed
+        assert_completed(result)
+        return elapsed / cycles, run_ticks(result, prepared) / elapsed
 
 
 def pybamm_life_test_s_per_cycle(pybamm, cycles: int) -> float:
@@ -138,20 +332,24 @@ def import_pybamm():
     return pybamm, f"PyBaMM {pybamm.__version__}, SPM, {PYBAMM_PARAMETERS}"
 
 
+def life_test(sizes: Sizes) -> dict:
+    pybamm, note = import_pybamm()
+    ours, ours_rate, theirs = [], [], []
+    for _ in range(sizes.life_repeats):  # interleaved, as above
+        s_per_cycle, rate = our_life_test_s_per_cycle(sizes.life_cycles)
+        ours.append(s_per_cycle)
+        ours_rate.append(rate)
+        if pybamm is not None:
+            theirs.append(pybamm_life_test_s_per_cycle(pybamm, sizes.life_cycles))
+    results = {"cycles": sizes.life_cycles, "ours_s_per_cycle": summarise(ours),
+               "ours_ticks_per_s": summarise(ours_rate), "pybamm": note}
+    if theirs:
+        results |= {"pybamm_s_per_cycle": summarise(theirs),
+                    "ours_over_pybamm": summarise([a / b for a, b in zip(ours, theirs)])}
+    return results
+
+
 # --- 3. memory over a long run ----------------------------------------------------------------------
-
-
-def resident_MB() -> tuple[float, float]:
-    """(resident set now, its peak) of this process in MB. From /proc/self/status on Linux, not
-    from getrusage: a process started by fork and exec reports its parent's peak in ru_maxrss."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return peak, peak
-    kB = {name: int(value.split()[0]) for name, _, value in (line.partition(":") for line in status.splitlines())
-          if name in ("VmRSS", "VmHWM")}
-    return kB["VmRSS"] / 1024, kB["VmHWM"] / 1024
 
 
 def reset_peak_resident() -> bool:
@@ -183,9 +381,7 @@ class MemoryWatch(SilentReporter):
 
 
 def memory_child(samples: int) -> dict:
-    """Run in a fresh process (see main): the life test, recorded every tick, cut at `samples`."""
-    from stackcycler.runner import StopRequest
-
+    """Run in a fresh process (see memory_growth): the life test, recorded every tick, cut at `samples`."""
     stop = StopRequest()
     watch = MemoryWatch(stop, warm_up=max(samples // 10, 1000), ticks=samples)
     with tempfile.TemporaryDirectory() as runs:
@@ -207,37 +403,16 @@ def memory_growth(samples: int) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-# --- 4. breach-to-off latency ---------------------------------------------------------------------
-
-
-@contextmanager
-def output_switches(log: list[tuple[float, bool]]) -> Iterator[None]:
-    """Note (virtual time, on) of every OUTP command the simulated supply executes."""
-    original = SimEaPsb._output
-
-    def noted(self, args):
-        original(self, args)
-        log.append((self.world.clock.now(), self.output_on))
-
-    SimEaPsb._output = noted
-    try:
-        yield
-    finally:
-        SimEaPsb._output = original
+# --- 4. breach-to-off latency on the virtual clock ------------------------------------------------
 
 
 def breach_to_off_ticks() -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        # capacity-check as in the library, recorded every tick so that the first sample over the
-        # limit is in samples.csv whichever it is
-        protocol = yaml.safe_load((resources.files("stackcycler.protocols") / "capacity-check.yaml").read_text())
-        protocol["record"] = {"time_s": 1}
-        path = Path(folder) / "capacity-check-every-tick.yaml"
-        path.write_text(yaml.safe_dump(protocol, sort_keys=False))
-        prepared = prepare(RunRequest(str(path), bench="sim-weak-layer", runs_dir=Path(folder) / "runs",
-                                      operator="benchmark"))
+        # recorded every tick, so that the first sample over the limit is in samples.csv whichever it is
+        prepared = prepare(RunRequest(str(capacity_check_every_tick(Path(folder))), bench=WEAK_BENCH,
+                                      runs_dir=Path(folder) / "runs", operator="benchmark"))
         limit = prepared.plan.envelope.max_layer_voltage_V
-        switches: list[tuple[float, bool]] = []
+        switches: list[tuple[float, float, bool]] = []
         with output_switches(switches):
             result = execute(prepared, SilentReporter())
         samples = pd.read_csv(result.outcome.folder / SAMPLES_FILE)
@@ -247,62 +422,37 @@ def breach_to_off_ticks() -> dict:
     trip = next((e for e in events if e["event"] == "safety_trip"), None)
     assert trip is not None and not over.empty, f"no layer over-voltage trip: {result.outcome.reason}"
     first_over_s = float(over["Test Time / s"].iloc[0])
-    off_s = next(t for t, on in switches if not on and t >= first_over_s)
+    off_s = next(t for t, _, on in switches if not on and t >= first_over_s)
     return {"ticks": round((off_s - first_over_s) / prepared.channel.tick_s), "first_over_limit_s": first_over_s,
             "output_off_s": off_s, "trip": f"{trip['limit']} at {trip['where']}", "limit_V": limit,
             "trip_event_s": trip["test_time_s"]}
 
 
-# --- runner overhead over loopback TCP ------------------------------------------------------------
-
-
-@contextmanager
-def timed_ticks(durations: list[float]) -> Iterator[None]:
-    """Note the wall time the runner spends inside each tick."""
-    original = Runner._tick
-
-    def timed(self):
-        start = time.perf_counter()
-        try:
-            return original(self)
-        finally:
-            durations.append(time.perf_counter() - start)
-
-    Runner._tick = timed
-    try:
-        yield
-    finally:
-        Runner._tick = original
+# --- 5. runner overhead over loopback TCP ------------------------------------------------------------
 
 
 def loopback_overhead(ticks: int, repeats: int) -> dict:
     import pyvisa
 
-    bench = load_bench("sim")
     runner_ms, raw_ms = [], []
-    with tempfile.TemporaryDirectory() as folder, \
-            SimulationServer(build_simulation(bench.config.simulation, WallClock())) as server:
-        os.environ["CYCLER_LOCK_DIR"] = str(Path(folder) / "locks")
-        data = yaml.safe_load(served_bench_text(bench, server.resources()))
-        data["channels"]["stack1"]["tick_s"] = 0.05
-        served = Path(folder) / "served.yaml"
-        served.write_text(yaml.safe_dump(data))
-        protocol = Path(folder) / "cc.yaml"
+    with served_bench("sim", LOOPBACK_TICK_S) as (bench_path, served):
+        protocol = bench_path.parent / "cc.yaml"
         protocol.write_text(f"name: cc\nrecord: {{time_s: 1}}\nsteps:\n  - {{step: cc, current_A: 0.5, "
-                            f"until: [{{step_time_s: {ticks * 0.05}}}]}}\n")
+                            f"until: [{{step_time_s: {ticks * LOOPBACK_TICK_S}}}]}}\n")
         manager = pyvisa.ResourceManager("@py")
         for _ in range(repeats):  # interleaved
-            durations: list[float] = []
-            with timed_ticks(durations):
-                result = execute(prepare(RunRequest(str(protocol), bench=str(served), runs_dir=Path(folder) / "runs",
-                                                    operator="benchmark")), SilentReporter())
-            assert result.outcome.state == "completed", result.outcome.reason
-            runner_ms.append(statistics.median(durations) * 1e3)
-            supply, daq = (manager.open_resource(server.resources()[name], read_termination="\n",
-                                                 write_termination="\n") for name in ("supply", "daq"))
+            spans: list[list[float]] = []
+            with timed_ticks(spans):
+                result = execute(prepare(RunRequest(str(protocol), bench=str(bench_path),
+                                                    runs_dir=bench_path.parent / "runs", operator="benchmark")),
+                                 SilentReporter())
+            assert_completed(result)
+            runner_ms.append(statistics.median(end - start for start, end in spans) * 1e3)
+            supply, daq = (manager.open_resource(served[name], read_termination="\n", write_termination="\n")
+                           for name in ("supply", "daq"))
             raw = []
             for _ in range(ticks):  # the DAQ keeps the scan the run configured
-                time.sleep(0.05)  # paced as the runner's ticks: an idle link wakes up slower than a busy one
+                time.sleep(LOOPBACK_TICK_S)  # paced as the runner's ticks: an idle link wakes up slower than a busy one
                 start = time.perf_counter()
                 supply.query("MEAS:ARR?")
                 daq.query("READ?")
@@ -314,77 +464,358 @@ def loopback_overhead(ticks: int, repeats: int) -> dict:
             "ratio": summarise([a / b for a, b in zip(runner_ms, raw_ms)])}
 
 
+# --- 6. sample writing ---------------------------------------------------------------------------
+
+
+class SampleWriting:
+    """For the length of a `with`: the wall time (perf_counter) of every outermost call of
+    RunStore's sample-writing methods (checkpoint and event call flush themselves), and the
+    columns, a copy of every row appended and the last checkpoint's state, for replaying them."""
+
+    CALLS = ("append_sample", "flush", "checkpoint")
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float, str]] = []
+        self.columns: list[Column] = []
+        self.rows: list[list] = []
+        self.checkpoint_state: dict = {}
+        self._depth = 0
+        self._originals = {name: getattr(RunStore, name) for name in self.CALLS}
+
+    def __enter__(self) -> "SampleWriting":
+        for name, original in self._originals.items():
+            setattr(RunStore, name, self._timed(name, original))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, original in self._originals.items():
+            setattr(RunStore, name, original)
+
+    def _timed(self, name: str, original: Callable) -> Callable:
+        def timed(store, *args, **kwargs):
+            if name == "append_sample":
+                self.columns = store.columns
+                self.rows.append(list(args[0]))
+            elif name == "checkpoint":
+                self.checkpoint_state = args[0]
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return original(store, *args, **kwargs)
+            finally:
+                end = time.perf_counter()
+                self._depth -= 1
+                if self._depth == 0:
+                    self.spans.append((start, end, name))
+        return timed
+
+    def seconds_inside(self, ticks: list[list[float]]) -> dict[str, float]:
+        """Time spent in the calls made inside one of the `ticks` (the runner's [start, end] spans),
+        by the method called."""
+        starts = [tick[0] for tick in ticks]
+        seconds = dict.fromkeys(self.CALLS, 0.0)
+        for start, end, name in self.spans:
+            k = bisect_right(starts, start) - 1
+            if k >= 0 and end <= ticks[k][1]:
+                seconds[name] += end - start
+        return seconds
+
+
+def sample_writing_in_runner(overrides: dict[str, float]) -> tuple[dict[str, float], SampleWriting]:
+    """The share (%) of the runner's tick time spent in each of RunStore's sample calls during a
+    capacity check on the default bench, and what was written (see SampleWriting)."""
+    writing, ticks = SampleWriting(), []
+    with tempfile.TemporaryDirectory() as runs:
+        prepared = prepare(RunRequest("capacity-check", runs_dir=Path(runs), operator="benchmark", overrides=overrides))
+        with writing, timed_ticks(ticks):
+            result = execute(prepared, SilentReporter())
+        assert_completed(result)
+    tick_s = sum(end - start for start, end in ticks)
+    return {name: 100 * s / tick_s for name, s in writing.seconds_inside(ticks).items()}, writing
+
+
+def run_store_rows_per_s(writing: SampleWriting, rows: int) -> tuple[float, float]:
+    """(rows/s, bytes/row) of RunStore writing `rows` rows (the recorded ones over and over) as the
+    runner does: append_sample each, checkpoint every CHECKPOINT_INTERVAL_WALL_S of wall time, close."""
+    recorded = writing.rows
+    with tempfile.TemporaryDirectory() as folder:
+        store = RunStore.create(Path(folder), writing.columns, {}, "", "")
+        header = (Path(folder) / SAMPLES_FILE).stat().st_size
+        start = last_checkpoint = time.perf_counter()
+        for k in range(rows):
+            store.append_sample(recorded[k % len(recorded)])
+            now = time.perf_counter()
+            if now - last_checkpoint >= CHECKPOINT_INTERVAL_WALL_S:
+                store.checkpoint(writing.checkpoint_state)
+                last_checkpoint = now
+        store.close()
+        elapsed = time.perf_counter() - start
+        size = (Path(folder) / SAMPLES_FILE).stat().st_size - header
+    return rows / elapsed, size / rows
+
+
+def csv_writer_rows_per_s(writing: SampleWriting, rows: int) -> tuple[float, float]:
+    """(rows/s, bytes/row) of plain csv.writer writing the same rows to a file, then flush and fsync."""
+    recorded = writing.rows
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "plain.csv", "w", newline="",
+                                                       encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([column.name for column in writing.columns])
+        handle.flush()
+        header = handle.tell()
+        start = time.perf_counter()
+        for k in range(rows):
+            writer.writerow(recorded[k % len(recorded)])
+        handle.flush()
+        os.fsync(handle.fileno())
+        elapsed = time.perf_counter() - start
+        size = handle.tell() - header
+    return rows / elapsed, size / rows
+
+
+def sample_writing(sizes: Sizes) -> dict:
+    shares, ours, ours_bytes, plain, plain_bytes = [], [], [], [], []
+    for _ in range(sizes.repeats):  # interleaved
+        share, writing = sample_writing_in_runner(sizes.capacity_overrides)
+        shares.append(share)
+        rate, size = run_store_rows_per_s(writing, sizes.writer_rows)
+        ours.append(rate)
+        ours_bytes.append(size)
+        rate, size = csv_writer_rows_per_s(writing, sizes.writer_rows)
+        plain.append(rate)
+        plain_bytes.append(size)
+    return {"rows": sizes.writer_rows, "columns": len(writing.columns), "rows_recorded_by_the_run": len(writing.rows),
+            "run_store_rows_per_s": summarise(ours), "csv_writer_rows_per_s": summarise(plain),
+            "time_per_row_run_store_over_csv_writer": summarise([p / o for o, p in zip(ours, plain)]),
+            "run_store_bytes_per_row": summarise(ours_bytes), "csv_writer_bytes_per_row": summarise(plain_bytes),
+            "share_of_runner_tick_time_percent": summarise([sum(share.values()) for share in shares]),
+            "share_by_call_percent": {name: summarise([share[name] for share in shares])
+                                      for name in SampleWriting.CALLS}}
+
+
+# --- 7. the BK 8500 over a pseudo-terminal ----------------------------------------------------------
+
+
+@contextmanager
+def served_on_pty(device) -> Iterator[str]:
+    """`device`, a simulated binary instrument, answering on the master side of a pseudo-terminal
+    from a thread, as on the far side of a USB-serial adapter; yields the slave's path for pyserial.
+    Close every port opened on the slave before leaving: the thread ends when the slave is closed."""
+    master, slave = os.openpty()
+
+    def serve() -> None:
+        while True:
+            try:
+                data = os.read(master, 256)
+            except OSError:  # EIO: the slave side is closed
+                return
+            if not data:
+                return
+            reply = device.receive(data)
+            if reply:
+                os.write(master, reply)
+
+    thread = threading.Thread(target=serve, name="pty-sim", daemon=True)
+    thread.start()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(slave)
+        thread.join(timeout=1.0)
+        os.close(master)
+
+
+def bk8500_pty_round_trips(queries: int, repeats: int) -> dict:
+    import serial
+
+    bench = load_bench(BK8500_BENCH)
+    simulation = build_simulation(bench.config.simulation, WallClock())
+    name = next(n for n, spec in bench.config.instruments.items() if spec.driver == "bk-8500")
+    driver_us, raw_us = [], []
+    with served_on_pty(simulation.instruments[name]) as port:
+        load = Bk8500(SerialByteTransport(port, baud_rate=DEFAULT_BAUD_RATE))
+        raw = serial.serial_for_url(port, baudrate=DEFAULT_BAUD_RATE, timeout=2.0)
+        try:
+            load.connect()
+            frame = encode_frame(Code.READ_INPUT, address=load.address)
+            for _ in range(repeats):
+                driver, plain, replies = [], [], []
+                for _ in range(queries):  # alternating, query by query
+                    start = time.perf_counter()
+                    load.measure()
+                    driver.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    raw.write(frame)
+                    replies.append(raw.read(26))
+                    plain.append(time.perf_counter() - start)
+                assert all(len(r) == 26 and r[2] == Code.READ_INPUT for r in replies), "raw reply is not a 0x5F frame"
+                driver_us.append(statistics.median(driver) * 1e6)
+                raw_us.append(statistics.median(plain) * 1e6)
+        finally:
+            raw.close()
+            load.close()
+    return {"queries": queries, "driver_measure_us": summarise(driver_us), "raw_pyserial_us": summarise(raw_us),
+            "ratio": summarise([d / r for d, r in zip(driver_us, raw_us)])}
+
+
+# --- 8. breach-to-off latency over loopback TCP ----------------------------------------------------
+
+
+def simulation_state_at(protocol: Path, bench: str, test_time_s: float, runs_dir: Path) -> dict:
+    """The simulated hardware's state when a virtual-clock run of `protocol` on `bench` is stopped
+    at `test_time_s` (the snapshot its last checkpoint holds; the outputs are off in it)."""
+    stop = StopRequest()
+    result = execute(prepare(RunRequest(str(protocol), bench=bench, runs_dir=runs_dir, operator="benchmark")),
+                     StopAt(stop, test_time_s), stop)
+    assert result.outcome.state == "interrupted", result.outcome.reason
+    return read_json(result.outcome.folder / CHECKPOINT_FILE)["simulation"]
+
+
+def breach_to_off_ms(start_s: float, repeats: int) -> dict:
+    """Benchmark 8; `start_s`: the test time of the virtual run to start the served one from."""
+    ms, ticks_between, trip_after_s = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        protocol = capacity_check_every_tick(Path(folder))
+        state = simulation_state_at(protocol, WEAK_BENCH, start_s, Path(folder) / "runs")
+        for _ in range(repeats):  # each from the same state, on a fresh server
+            over: list[float] = []
+            switches: list[tuple[float, float, bool]] = []
+            ticks: list[list[float]] = []
+            stop = StopRequest()
+            with served_bench(WEAK_BENCH, LOOPBACK_TICK_S, state) as (bench_path, _):
+                prepared = prepare(RunRequest(str(protocol), bench=str(bench_path), runs_dir=bench_path.parent / "runs",
+                                              operator="benchmark"))
+                limit = prepared.plan.envelope.max_layer_voltage_V
+                with layer_readings_over(limit, over), output_switches(switches), timed_ticks(ticks):
+                    result = execute(prepared, StopAt(stop, BREACH_TIMEOUT_S), stop)
+            assert result.outcome.state == "tripped" and over, f"no trip: {result.outcome.reason}"
+            assert "max_layer_voltage_V" in result.outcome.reason, result.outcome.reason
+            first_over = over[0]
+            off = next(wall for _, wall, on in switches if not on and wall >= first_over)
+            ms.append((off - first_over) * 1e3)
+            ticks_between.append(sum(1 for tick in ticks if first_over < tick[0] <= off))
+            trip_after_s.append(first_over - ticks[0][0])
+    return {"tick_s": LOOPBACK_TICK_S, "started_at_test_time_s": state["time_s"], "limit_V": limit,
+            "ms": summarise(ms), "ticks": summarise(ticks_between), "first_over_limit_after_s": summarise(trip_after_s)}
+
+
 # --- the table ---------------------------------------------------------------------------------------
+
+
+def target(op: str, value: float) -> tuple[str, Callable[[float], bool]]:
+    check = {"<": operator.lt, "<=": operator.le, ">=": operator.ge, "==": operator.eq}[op]
+    return f"{op} {value:,g}", lambda median: check(median, value)
+
+
+def table_rows(results: dict, sizes: Sizes) -> list[tuple[str, dict, tuple | None]]:
+    """(label, figure, target or None): every figure of the run, in the order of the docstring."""
+    at_full_size = (lambda t: t) if sizes.full else (lambda t: None)
+    ticks, life, memory = results["ticks_per_s"], results["life_test"], results["memory"]
+    rows = [("ticks/s, bare measure() (baseline)", ticks["bare_measure"], None),
+            ("ticks/s, full runner (capacity check)", ticks["runner"], target(">=", 20_000)),
+            ("cost per tick, runner / bare measure", ticks["runner_cost_over_bare_measure"], None),
+            (f"life test {life['cycles']} cycles: s/cycle, ours", life["ours_s_per_cycle"], None),
+            ("life test: ticks/s, ours", life["ours_ticks_per_s"], None)]
+    if "ours_over_pybamm" in life:
+        rows += [("life test: s/cycle, PyBaMM SPM", life["pybamm_s_per_cycle"], None),
+                 ("life test: ours / PyBaMM", life["ours_over_pybamm"], target("<", 1))]
+    breach, loopback, writing = results["breach_to_off"], results["loopback"], results["sample_writing"]
+    pty, tcp_breach, big = results["bk8500_pty"], results["breach_to_off_tcp"], results["summary"]
+    rows += [
+        (f"peak RSS growth / MB, {memory['samples']:,} samples", summarise([memory["growth_MB"]]),
+         at_full_size(target("<", 50))),
+        ("peak RSS / MB incl. the end-of-run summary", summarise([memory["peak_with_end_of_run_summary_MB"]]), None),
+        ("breach to output off / ticks (virtual clock)", summarise([breach["ticks"]]), target("==", 0)),
+        ("loopback TCP: runner tick / ms", loopback["runner_tick_ms"], None),
+        ("loopback TCP: raw pyvisa queries / ms", loopback["raw_queries_ms"], None),
+        ("loopback TCP: tick / raw", loopback["ratio"], target("<=", 1.25)),
+        ("sample writer: rows/s, RunStore", writing["run_store_rows_per_s"], None),
+        ("sample writer: rows/s, csv.writer (baseline)", writing["csv_writer_rows_per_s"], None),
+        ("sample writer: time/row, RunStore / csv", writing["time_per_row_run_store_over_csv_writer"], None),
+        ("sample writer: bytes/row, RunStore", writing["run_store_bytes_per_row"], None),
+        ("sample writer: bytes/row, csv.writer", writing["csv_writer_bytes_per_row"], None),
+        ("sample writing / % of runner tick time", writing["share_of_runner_tick_time_percent"], None),
+        ("BK 8500 over pty: driver measure() / us", pty["driver_measure_us"], None),
+        ("BK 8500 over pty: raw pyserial frame / us", pty["raw_pyserial_us"], None),
+        ("BK 8500 over pty: driver / raw", pty["ratio"], None),
+        ("breach to off over TCP / ms (wall clock)", tcp_breach["ms"], None),
+        ("breach to off over TCP / ticks", tcp_breach["ticks"], target("==", 0)),
+        (f"summary of {big['rows']:,} rows: s, ours", big["ours"]["s"], at_full_size(target("<=", summary.TARGET_S))),
+        ("summary: s, plain pandas groupby (baseline)", big["baseline"]["s"], None),
+        ("summary: ours / plain pandas", big["ours_over_baseline"], None),
+        ("summary: peak RSS / MB, ours", big["ours"]["peak_MB"], at_full_size(target("<", summary.TARGET_PEAK_MB))),
+    ]
+    return rows
+
+
+def figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def print_table(rows: list[tuple[str, dict, tuple | None]]) -> None:
+    print(f"{'benchmark':44s} {'median':>10s} {'min':>10s} {'max':>10s}  {'target':10s}")
+    for label, stats, goal in rows:
+        judged = "" if goal is None else f"{goal[0]:10s} {'met' if goal[1](stats['median']) else 'MISSED'}"
+        print(f"{label:44s} {figure(stats['median']):>10s} {figure(stats['min']):>10s} {figure(stats['max']):>10s}  "
+              f"{judged}")
+
+
+def print_notes(results: dict, sizes: Sizes) -> None:
+    life, memory, breach = results["life_test"], results["memory"], results["breach_to_off"]
+    tcp_breach, writing, big = results["breach_to_off_tcp"], results["sample_writing"], results["summary"]
+    if "ours_over_pybamm" not in life:
+        print(f"life test against PyBaMM skipped: {life['pybamm']} (target ours / PyBaMM < 1)")
+    print(f"memory: RSS {memory['resident_at_warm_up_MB']:.1f} MB after {memory['warm_up_samples']:,} samples, "
+          f"peak {memory['peak_after_warm_up_MB']:.1f} MB after that, {memory['resident_at_last_sample_MB']:.1f} MB "
+          f"at the last sample; target growth < 50 MB over 1,000,000 samples")
+    print(f"breach (virtual clock): {breach['trip']}, first sample over {breach['limit_V']} V at "
+          f"{breach['first_over_limit_s']} s, OUTP OFF at {breach['output_off_s']} s")
+    print(f"breach over TCP: served from the state at {tcp_breach['started_at_test_time_s']:g} s, "
+          f"{tcp_breach['tick_s'] * 1e3:g} ms ticks; the first layer reading over {tcp_breach['limit_V']} V came "
+          f"{tcp_breach['first_over_limit_after_s']['median']:.2f} s after the first tick")
+    print(f"sample writer: {writing['rows']:,} rows of {writing['columns']} columns, replaying the "
+          f"{writing['rows_recorded_by_the_run']:,} rows a capacity check recorded; of the runner's tick time "
+          + ", ".join(f"{name} {share['median']:.2f} %" for name, share in writing["share_by_call_percent"].items()))
+    print(f"summary: {big['rows']:,} rows; peak RSS of the baseline {big['baseline']['peak_MB']['max']:.0f} MB"
+          + ("" if sizes.full else f"; its targets apply at {summary.TARGET_ROWS:,} rows"))
+    for note in big["peers"]:
+        print(f"summary: {note}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--quick", action="store_true", help="small sizes, in about a minute")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, to check that the harness runs (tests/test_benchmarks_smoke.py); "
+                             "its figures mean nothing")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--memory-child", type=int, metavar="SAMPLES", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return 0
-    repeats = 3 if args.quick else 5
-    overrides = {"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0} if args.quick else {}
-    life_cycles, life_repeats = (5, 2) if args.quick else (100, 3)
-    memory_samples = 100_000 if args.quick else 1_000_000
-
-    bare, runner, ticks = [], [], 0
-    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
-        rate, ticks = runner_ticks_per_s(overrides)
-        runner.append(rate)
-        bare.append(bare_measure_ticks_per_s(ticks))
-    ratios = [b / r for b, r in zip(bare, runner)]
-    results: dict = {
-        "ticks_per_s": {"bare_measure": summarise(bare), "runner": summarise(runner),
-                        "runner_cost_over_bare_measure": summarise(ratios), "ticks_per_run": ticks},
-    }
-
-    pybamm, pybamm_note = import_pybamm()
-    ours, ours_rate, theirs = [], [], []
-    for _ in range(life_repeats):  # interleaved, as above
-        s_per_cycle, rate = our_life_test_s_per_cycle(life_cycles)
-        ours.append(s_per_cycle)
-        ours_rate.append(rate)
-        if pybamm is not None:
-            theirs.append(pybamm_life_test_s_per_cycle(pybamm, life_cycles))
-    results["life_test"] = {"cycles": life_cycles, "ours_s_per_cycle": summarise(ours),
-                            "ours_ticks_per_s": summarise(ours_rate), "pybamm": pybamm_note}
-    if theirs:
-        results["life_test"] |= {"pybamm_s_per_cycle": summarise(theirs),
-                                 "ours_over_pybamm": summarise([a / b for a, b in zip(ours, theirs)])}
-
-    results["memory"] = memory_growth(memory_samples)
+    sizes, name = (SMOKE, "smoke") if args.smoke else (QUICK, "quick") if args.quick else (FULL, "full")
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    results: dict = {"sizes": name, "load_average_before": load_before}
+    results["ticks_per_s"] = ticks_per_s(sizes)
+    results["life_test"] = life_test(sizes)
+    results["memory"] = memory_growth(sizes.memory_samples)
     results["breach_to_off"] = breach_to_off_ticks()
-    results["loopback"] = loopback_overhead(200 if args.quick else 1000, 2 if args.quick else 3)
+    results["loopback"] = loopback_overhead(sizes.loopback_ticks, sizes.loopback_repeats)
+    results["sample_writing"] = sample_writing(sizes)
+    results["bk8500_pty"] = bk8500_pty_round_trips(sizes.pty_queries, sizes.repeats)
+    results["breach_to_off_tcp"] = breach_to_off_ms(results["breach_to_off"]["first_over_limit_s"] - BREACH_LEAD_S,
+                                                    sizes.repeats)
+    results["summary"] = summary.compare(sizes.summary_rows, sizes.summary_repeats)
+    results["wall_s"] = time.perf_counter() - started
+    results["load_average_after"] = os.getloadavg()
 
-    rows = [("ticks/s, bare measure() (baseline)", results["ticks_per_s"]["bare_measure"]),
-            ("ticks/s, full runner (capacity check)", results["ticks_per_s"]["runner"]),
-            ("cost per tick, runner / bare measure", results["ticks_per_s"]["runner_cost_over_bare_measure"]),
-            (f"life test {life_cycles} cycles: s/cycle, ours", results["life_test"]["ours_s_per_cycle"]),
-            ("life test: ticks/s, ours", results["life_test"]["ours_ticks_per_s"])]
-    if theirs:
-        rows += [("life test: s/cycle, PyBaMM SPM", results["life_test"]["pybamm_s_per_cycle"]),
-                 ("life test: ours / PyBaMM (target < 1)", results["life_test"]["ours_over_pybamm"])]
-    memory, breach = results["memory"], results["breach_to_off"]
-    rows += [(f"peak RSS growth / MB, {memory['samples']:,} samples", summarise([memory["growth_MB"]])),
-             ("peak RSS / MB incl. the end-of-run summary", summarise([memory["peak_with_end_of_run_summary_MB"]])),
-             ("breach to output off / ticks (target 0)", summarise([breach["ticks"]])),
-             ("loopback TCP: runner tick / ms", results["loopback"]["runner_tick_ms"]),
-             ("loopback TCP: raw pyvisa queries / ms", results["loopback"]["raw_queries_ms"]),
-             ("loopback TCP: tick / raw (target <= 1.25)", results["loopback"]["ratio"])]
-    print(f"{'benchmark':44s} {'median':>12s} {'min':>12s} {'max':>12s}")
-    for label, stats in rows:
-        print(f"{label:44s} {stats['median']:12.2f} {stats['min']:12.2f} {stats['max']:12.2f}")
-    if not theirs:
-        print(f"life test against PyBaMM skipped: {pybamm_note}")
-    print(f"memory: RSS {memory['resident_at_warm_up_MB']:.1f} MB after {memory['warm_up_samples']:,} samples, "
-          f"peak {memory['peak_after_warm_up_MB']:.1f} MB after that, {memory['resident_at_last_sample_MB']:.1f} MB "
-          f"at the last sample; target growth < 50 MB")
-    print(f"breach: {breach['trip']}, first sample over {breach['limit_V']} V at {breach['first_over_limit_s']} s, "
-          f"OUTP OFF at {breach['output_off_s']} s")
+    print_table(table_rows(results, sizes))
+    print_notes(results, sizes)
+    print(f"{results['wall_s']:.0f} s on {os.cpu_count()} cores; load average (1, 5, 15 min) before "
+          f"{', '.join(f'{x:.2f}' for x in load_before)}, after "
+          f"{', '.join(f'{x:.2f}' for x in results['load_average_after'])}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {args.json}")
