@@ -1,12 +1,13 @@
 """Bench files: which instruments, how they are wired to each channel, and the DUT on it.
 
 A bench file names its instruments (driver + VISA resource), its channels (what drives the
-DUT, the meter inputs for layer voltages, temperatures and pressure, the tick period) and the
-DUT on each channel (layers, capacity, operating voltages, absolute safety limits). What drives
-the DUT is either one bidirectional `supply:` or a `source:` (a power supply that only charges)
-and/or a `load:` (an electronic load that only discharges). A simulated bench adds a
-`simulation:` block and uses `sim://NAME` resources. `extends: BASE` starts from another bench
-(a built-in name or a path) and overrides what it lists (`supply: null` drops a base's supply).
+DUT, the meter inputs for layer voltages, temperatures and pressure, the environmental
+`chamber:` it sits in if any, the tick period) and the DUT on each channel (layers, capacity,
+operating voltages, absolute safety limits). What drives the DUT is either one bidirectional
+`supply:` or a `source:` (a power supply that only charges) and/or a `load:` (an electronic load
+that only discharges). A simulated bench adds a `simulation:` block and uses `sim://NAME`
+resources. `extends: BASE` starts from another bench (a built-in name or a path) and overrides
+what it lists (`supply: null` drops a base's supply).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stackcycler.drivers.registry import DRIVERS, LOAD_DRIVERS, METER_DRIVERS, SOURCE_DRIVERS, SUPPLY_DRIVERS
+from stackcycler.drivers.registry import (CHAMBER_DRIVERS, DRIVERS, LOAD_DRIVERS, METER_DRIVERS, SOURCE_DRIVERS,
+                                          SUPPLY_DRIVERS)
 from stackcycler.drivers.scpi import parse_channel_list
 from stackcycler.drivers.sensors import PressureFixture
 from stackcycler.drivers.sim.simulation import SimulationConfig
@@ -146,6 +148,7 @@ class ChannelConfig(_Strict):
     layer_voltages: LayerVoltageInputs | None = None
     temperatures: list[TemperatureInput] = Field(default_factory=list)
     pressure: PressureInput | None = None
+    chamber: str | None = Field(None, description="the environmental chamber the DUT sits in, read every tick")
     dut: DutSpec
 
     @model_validator(mode="after")
@@ -185,6 +188,10 @@ class ChannelConfig(_Strict):
             names.add(self.pressure.meter)
         return names
 
+    def instrument_names(self) -> set[str]:
+        """Every instrument the channel uses: what drives the DUT, its meters and its chamber."""
+        return {*self.drive_instruments().values(), *self.meter_names(), *([self.chamber] if self.chamber else [])}
+
 
 class BenchConfig(_Strict):
     name: str
@@ -198,6 +205,7 @@ class BenchConfig(_Strict):
         for channel_name, channel in self.channels.items():
             roles = [(role, name, DRIVE_ROLES[role][1]) for role, name in channel.drive_instruments().items()]
             roles += [("meter", meter, METER_DRIVERS) for meter in sorted(channel.meter_names())]
+            roles += [("chamber", channel.chamber, CHAMBER_DRIVERS)] if channel.chamber else []
             for role, name, accepted in roles:
                 instrument = self.instruments.get(name)
                 if instrument is None:

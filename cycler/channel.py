@@ -25,7 +25,7 @@ import numpy as np
 
 from stackcycler.drivers.registry import DRIVERS
 from stackcycler.drivers.roles import (BidirectionalSupply, ElectronicLoad, MeterChannel, PowerSource, ScanningMeter,
-                                       SupplyRatings)
+                                       SupplyRatings, TemperatureChamber)
 
 from .bench import ChannelConfig
 from .clock import Clock
@@ -309,6 +309,11 @@ def drive_for(config: ChannelConfig, drivers: dict[str, object]) -> Drive:
                            names={role: name for role, name in config.drive_instruments().items()})
 
 
+def chamber_for(config: ChannelConfig, drivers: dict[str, object]) -> TemperatureChamber | None:
+    """The channel's chamber from its opened instruments, if the bench file names one."""
+    return drivers[config.chamber] if config.chamber else None
+
+
 # --- what a step needs of the bench, checked when the plan is bound ------------------------------
 
 
@@ -361,17 +366,19 @@ def unsupported_steps(steps: Iterable[PlannedStep], config: ChannelConfig, instr
 
 class Channel:
     def __init__(self, name: str, config: ChannelConfig, drive: Drive | BidirectionalSupply,
-                 meters: dict[str, ScanningMeter], clock: Clock):
-        """`drive`: what drives the DUT (drive_for); a bare bidirectional supply is taken as its drive."""
+                 meters: dict[str, ScanningMeter], clock: Clock, chamber: TemperatureChamber | None = None):
+        """`drive`: what drives the DUT (drive_for); a bare bidirectional supply is taken as its drive.
+        `chamber`: the chamber the bench file names for the channel, read every tick, never switched."""
         self.name = name
         self.config = config
         self.drive = drive if isinstance(drive, (SupplyDrive, SourceLoadDrive)) else SupplyDrive(drive)
         self.meters = meters
+        self.chamber = chamber
         self.clock = clock
         self.layer_channels = config.layer_voltages.channel_numbers() if config.layer_voltages else []
         self.dut_sensors = [t.sensor for t in config.temperatures if t.sensor != "ambient"]
         self.has_ambient = any(t.sensor == "ambient" for t in config.temperatures)
-        self.lost_meters: set[str] = set()  # meters that stopped answering (see measure)
+        self.lost_meters: set[str] = set()  # meters (and the chamber) that stopped answering (see measure)
 
     def meter_inputs(self) -> dict[str, list[MeterChannel]]:
         inputs: dict[str, list[MeterChannel]] = {name: [] for name in self.meters}
@@ -427,7 +434,25 @@ class Channel:
         if config.pressure and config.pressure.meter in readings:
             volts = readings[config.pressure.meter][config.pressure.channel]
             pressure = config.pressure.fixture.pressure_MPa(volts) if math.isfinite(volts) else math.nan
-        return Sample(t, unix, voltage, current, layers, temperatures, ambient, pressure)
+        chamber = self._read_chamber(tolerate_lost_meters)
+        if not self.has_ambient:
+            ambient = chamber  # the chamber's air is the DUT's ambient (suspend bands watch it)
+        return Sample(t, unix, voltage, current, layers, temperatures, ambient, pressure, chamber_degC=chamber)
+
+    def _read_chamber(self, tolerate_lost: bool) -> float | None:
+        """The chamber's air temperature; None without a chamber, or one that did not answer
+        (tolerated as a lost meter is)."""
+        if self.chamber is None:
+            return None
+        try:
+            reading = self.chamber.read()
+        except InstrumentLinkError:
+            if not tolerate_lost:
+                raise
+            self.lost_meters.add(self.config.chamber)
+            return None
+        self.lost_meters.discard(self.config.chamber)
+        return reading.temperature_degC
 
     def apply(self, command: OutputCommand | None) -> bool:
         """Bring the outputs to `command` (None: off); True if anything had to change."""
@@ -439,6 +464,8 @@ class Channel:
         for name, meter in self.meters.items():
             if name not in self.lost_meters:
                 meter.check_errors()
+        if self.chamber is not None and self.config.chamber not in self.lost_meters:
+            self.chamber.check_errors()
 
     def safe_state(self) -> None:
         """Outputs off, confirmed by the instruments."""

@@ -26,6 +26,7 @@ from .export import dump_protocol, to_pybamm
 from .planview import plan_lines, plan_to_dict
 from .protocol import Loop
 from .runner import StopRequest
+from .lab import lab_presence
 from .session import (RunRequest, check_against_instruments, dry_run, execute, execute_together, prepare, resume,
                       stop_on_signals)
 
@@ -111,14 +112,14 @@ def run(protocols, bench, channels, speed, runs_dir, operator, dut_id, overrides
         if len(prepared) == 1:
             only = prepared[0]
             reporter = _reporter(f"{only.plan.protocol.name} on {only.bench.config.name}/{only.channel_name}")
-            with stop_on_signals(stop):
+            with stop_on_signals(stop), lab_presence(runs_dir, _lab_log):
                 result = execute(only, reporter, stop)
             _report(result)
             return
         print(f"stackcycler {__version__}: " + ", ".join(f"{p.plan.protocol.name} on {p.channel_name}" for p in prepared),
               flush=True)
         reporters = [PlainReporter(prefix=f"[{p.channel_name}] ") for p in prepared]
-        with stop_on_signals(stop):
+        with stop_on_signals(stop), lab_presence(runs_dir, _lab_log):
             results = execute_together(prepared, reporters, stop)
     except StackcyclerError as error:
         _fail(error)
@@ -163,6 +164,11 @@ def _report(result, leave: bool = True) -> None:
         sys.exit(int(outcome.exit_code))
 
 
+def _lab_log(text: str) -> None:
+    """What a lab host's background work says (database outages, publishing), on standard error."""
+    errors.print(f"lab: {text}", markup=False)
+
+
 def _reporter(title: str):
     if console.is_terminal:
         return LiveReporter(console, title)
@@ -192,7 +198,7 @@ def resume_command(run_folder, yes, force, speed):
 
     try:
         stop = StopRequest()
-        with stop_on_signals(stop):
+        with stop_on_signals(stop), lab_presence(run_folder.parent, _lab_log):
             speed_choice = {} if speed is None else {"speed": _speed(speed)}
             result = resume(run_folder, _reporter(f"resume {run_folder.name}"), confirm, stop, force, **speed_choice)
     except StackcyclerError as error:
@@ -316,10 +322,15 @@ runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False, pa
 @click.argument("run_name", metavar="[RUN]", required=False)
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
-def status(run_name, runs_dir, as_json):
+@click.option("--lab", "whole_lab", is_flag=True,
+              help="Every run in the lab, from the run catalog (needs lab.toml); a silent host is flagged.")
+def status(run_name, runs_dir, as_json, whole_lab):
     """Show the runs on this machine, or one RUN in detail (a run folder, or a piece of its name).
 
     Works from another terminal while runs go on; a run whose process is gone shows as crashed."""
+    if whole_lab:
+        _lab_status(runs_dir, as_json)
+        return
     try:
         runs = [run_state(find_run(run_name, runs_dir))] if run_name else list_runs(runs_dir)
     except StackcyclerError as error:
@@ -669,7 +680,10 @@ QUEUE_EXIT_HELP = EXIT_CODE_HELP + """
 def _queue(runs_dir: Path):
     from .queue import TestQueue
 
-    return TestQueue(runs_dir)
+    try:
+        return TestQueue(runs_dir)
+    except StackcyclerError as error:
+        _fail(error)
 
 
 WORKER_LOG = "queue-worker.log"  # in the runs folder; rotated at 1 MB, five kept
@@ -703,7 +717,8 @@ def queue_group() -> None:
     """The test queue: load the evening's tests, let a worker run them through the night.
 
     The queue lives in <runs-dir>/queue.sqlite and survives a reboot; every item is validated
-    against its bench when it is added."""
+    against its bench when it is added. With lab.toml beside the runs folder it is the lab's
+    queue, in its database (docs/lab.md)."""
 
 
 @queue_group.command("add", epilog=QUEUE_EXIT_HELP)
@@ -758,7 +773,12 @@ def queue_list(runs_dir, as_json):
     """The running item and the queued ones, in the order they start (id, position, state, ...)."""
     from .queue import item_line
 
-    _print_items(_queue(runs_dir).pending(), item_line, "the queue is empty", as_json)
+    try:
+        items = _queue(runs_dir).pending()
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    _print_items(items, item_line, "the queue is empty", as_json)
 
 
 @queue_group.command("remove")
@@ -798,26 +818,34 @@ def queue_history(runs_dir, as_json):
     """Items that have ended, with their run folders and reasons, oldest first."""
     from .queue import history_line
 
-    _print_items(_queue(runs_dir).history(), history_line, "no item has ended yet", as_json)
+    try:
+        items = _queue(runs_dir).history()
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    _print_items(items, history_line, "no item has ended yet", as_json)
 
 
 @queue_group.command("run", epilog=QUEUE_EXIT_HELP)
-@click.option("--bench", default=None, help="Run only this bench's items (default: every bench's).")
+@click.option("--bench", "benches", multiple=True,
+              help="Run only this bench's items (repeatable: a lab host names the benches it drives; "
+                   "default: every bench's).")
 @click.option("--until-empty", is_flag=True, help="Return when nothing is left that may start (for cron and CI).")
 @click.option("--speed", default=None, metavar="max|N",
               help="Simulated benches only: 'max' (default) runs as fast as possible, 1 in real time, N times faster.")
 @runs_dir_option
-def queue_run(bench, until_empty, speed, runs_dir):
+def queue_run(benches, until_empty, speed, runs_dir):
     """Work through the queue: each item in order as its start time and dependency allow, run
-    exactly as `cycler run` runs it. One worker per queue; Ctrl+C or SIGTERM stops the item
-    running (safe state) and the worker."""
+    exactly as `cycler run` runs it. One worker per runs folder (in a lab, one per host, each
+    claiming only its --bench items); Ctrl+C or SIGTERM stops the item running (safe state) and
+    the worker."""
     from .queue import history_line
 
     stop = StopRequest()
     log = _worker_log(runs_dir)
     try:
         with stop_on_signals(stop):
-            report = _queue(runs_dir).run(bench=bench, until_empty=until_empty,
+            report = _queue(runs_dir).run(bench=benches or None, until_empty=until_empty,
                                           speed=_speed(speed) if speed is not None else None, stop=stop,
                                           log=log)
     except StackcyclerError as error:
@@ -832,3 +860,155 @@ def queue_run(bench, until_empty, speed, runs_dir):
     elif not report.stopped:
         console.print("the queue is empty", markup=False)
     sys.exit(int(report.exit_code))
+
+
+# --- lab scale (issue 9): many bench hosts, one queue and one run catalog -----------------------
+
+def _lab_status(runs_dir: Path, as_json: bool) -> None:
+    """`cycler status --lab`: every run in the lab's catalog."""
+    from .catalog import lab_status_lines
+    from .lab import require_lab, view
+
+    try:
+        lab_view = view(require_lab(runs_dir))
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if as_json:
+        print(json.dumps({"runs": lab_view.runs, "hosts": lab_view.hosts, "lease_s": lab_view.lease_s}, indent=1))
+        return
+    for line in lab_status_lines(lab_view):
+        console.print(line, markup=False)
+
+
+@main.group("lab", epilog=EXIT_CODE_HELP)
+def lab_group() -> None:
+    """Lab scale: bench hosts sharing one queue and one run catalog in PostgreSQL (docs/lab.md).
+
+    A host is part of the lab when lab.toml beside its runs folder (or the file $CYCLER_LAB names)
+    gives the database; then `cycler queue ...` works on the lab's queue, `cycler queue run --bench B`
+    claims only bench B's items, runs are catalogued (`cycler status --lab`) and published."""
+
+
+@lab_group.command("init")
+@runs_dir_option
+def lab_init(runs_dir):
+    """Create the lab's schema in the database lab.toml names (once, from any host)."""
+    from .lab import init, require_lab
+
+    try:
+        console.print(init(require_lab(runs_dir)), markup=False)
+    except StackcyclerError as error:
+        _fail(error)
+
+
+@lab_group.command("migrate")
+@runs_dir_option
+def lab_migrate(runs_dir):
+    """Upgrade the lab database's schema to this version of stackcycler (the version is recorded in it)."""
+    from .lab import migrate, require_lab
+
+    try:
+        console.print(migrate(require_lab(runs_dir)), markup=False)
+    except StackcyclerError as error:
+        _fail(error)
+
+
+@lab_group.command("publish")
+@click.argument("runs", nargs=-1, metavar="[RUN]...")
+@runs_dir_option
+def lab_publish(runs, runs_dir):
+    """Publish RUNs (run folders or names; default: every run that is due) to the lab's results
+    folder as Battery Data Format Parquet with metadata, and their per-cycle summary. Queue workers
+    and `cycler run` do this by themselves when a run ends; this is for catching up by hand."""
+    from .lab import require_lab, sync
+    from .publish import publish_folders
+
+    try:
+        config = require_lab(runs_dir)
+        if config.results is None:
+            raise InvalidInput("lab.toml gives no `results` folder to publish to: add results = \"/path/shared/folder\"")
+        if not runs:
+            sync(config, runs_dir, lambda text: console.print(text, markup=False))
+            return
+        folders = [Path(name) if Path(name).is_dir() else find_run(name, runs_dir) for name in runs]
+        problems = publish_folders(folders, config.results, config.host)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    failed = {folder for folder, _ in problems}
+    for folder in folders:
+        if folder not in failed:
+            console.print(f"published {folder.name}", markup=False)
+    for folder, problem in problems:
+        errors.print(f"[bold red]not published:[/bold red] {escape(str(folder))}: {escape(problem)}")
+    if problems:
+        sys.exit(int(ExitCode.STORAGE_FAILURE))
+
+
+@lab_group.command("sync")
+@runs_dir_option
+def lab_sync(runs_dir):
+    """Send this host's runs to the catalog and publish what is due, once, now (workers do it every
+    few seconds; this catches a host up after it was offline)."""
+    from .lab import require_lab, sync
+
+    try:
+        sent = sync(require_lab(runs_dir), runs_dir, lambda text: console.print(text, markup=False))
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    console.print(f"catalog: {sent} run(s) sent", markup=False)
+
+
+@lab_group.command("query")
+@click.argument("sql")
+@runs_dir_option
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The results folder to query (default: lab.toml's `results`).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the result as CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object per row).")
+def lab_query(sql, runs_dir, results, as_csv, as_json):
+    """Run one SQL statement (DuckDB) over everything the lab has published. Views: `samples`
+    (Battery Data Format columns, quoted: "Voltage / V"; plus host and run), `cycles` (the
+    per-cycle summary, keys of docs/results.md) and `runs` (one row per published run).
+
+    \b
+    cycler lab query 'SELECT host, run, max(discharge_capacity_Ah) FROM cycles GROUP BY ALL'"""
+    from .lab import require_lab
+    from .labquery import query
+
+    try:
+        if results is None:
+            results = require_lab(runs_dir).results
+            if results is None:
+                raise InvalidInput("lab.toml gives no `results` folder; add it, or give --results")
+        table = query(results, sql)
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    if as_json:
+        print(table.to_json(orient="records", indent=1, date_format="iso"))
+    elif as_csv:
+        print(table.to_csv(index=False), end="")
+    else:
+        print(table.to_string(index=False) if not table.empty else "(no rows)")
+
+
+@lab_group.command("demo")
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default=Path("lab-demo"),
+              show_default=True, help="An empty or new folder for the demo lab.")
+@click.option("--items", "items_per_host", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="Capacity checks queued per bench host.")
+def lab_demo(folder, items_per_host):
+    """A whole lab on this computer: PostgreSQL (from the pgserver wheel), three simulated bench
+    hosts each running a queue worker, one queue across them, the catalog, and one SQL statement
+    over what they published. The database server stops at the end; the data stays in FOLDER."""
+    from .labdemo import demo
+
+    try:
+        code = demo(folder, items_per_host, lambda text: console.print(text, markup=False))
+    except StackcyclerError as error:
+        _fail(error)
+        return
+    sys.exit(code)

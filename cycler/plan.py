@@ -577,9 +577,9 @@ def _check_inputs(binder: _Binder, plan_steps: list[PlannedStep]) -> None:
                            "wire one in the bench file or remove the limit")
     suspend = binder.protocol.suspend
     if suspend is not None:
-        has_ambient = any(t.sensor == "ambient" for t in channel.temperatures)
+        has_ambient = any(t.sensor == "ambient" for t in channel.temperatures) or channel.chamber is not None
         for name, available, what in (("pressure_MPa", wired["pressure"], "pressure input"),
-                                      ("ambient_degC", has_ambient, "ambient (chamber) temperature sensor")):
+                                      ("ambient_degC", has_ambient, "ambient temperature sensor or chamber")):
             if getattr(suspend, name) is not None and not available:
                 binder.problem(f"suspend.{name}: the channel has no {what} to watch it with")
     for step in plan_steps:
@@ -593,7 +593,7 @@ def _check_inputs(binder: _Binder, plan_steps: list[PlannedStep]) -> None:
              ("layer_voltages", wired["layer voltage"], "per-layer voltage inputs"),
              ("temperature", wired["temperature"], "a temperature sensor on the DUT"),
              ("pressure", wired["pressure"], "a pressure input"),
-             ("chamber", False, "a temperature chamber")]
+             ("chamber", channel.chamber is not None, "a temperature chamber")]
     for name, available, what in needs:
         if getattr(requires, name) and not available:
             binder.problem(f"requires.{name}: the protocol needs {what}, which this channel does not have")

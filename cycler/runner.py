@@ -46,7 +46,10 @@ CV_CURRENT_FRACTION = 0.98
 CV_VOLTAGE_FRACTION = 0.005
 HEALTH_CHECK_INTERVAL_S = 10.0  # test time between error-queue and output-state checks
 CHECKPOINT_INTERVAL_WALL_S = 0.5  # at most this much of the data is lost when the host dies
-SAFE_STATE_ATTEMPTS = 3
+# Waits (on the run's clock) before each attempt at the safe state: a supply that stops answering
+# for up to a minute (a network switch restarting, a busy instrument) is still switched off, and
+# confirmed, rather than left on after the first three attempts of a second.
+SAFE_STATE_WAITS_S = (0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_OVERRUN_EVENTS = 20
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -118,6 +121,8 @@ def sample_columns(channel: Channel) -> list[Column]:
         columns.append(Column("Ambient Temperature / degC", "%.3f"))
     if channel.config.pressure:
         columns.append(Column("Pressure / MPa", "%.4f"))
+    if channel.config.chamber:
+        columns.append(Column("Chamber Temperature / degC", "%.2f"))
     columns += [Column(f"Layer {n:02d} Voltage / V", "%.5f") for n in range(1, len(channel.layer_channels) + 1)]
     return columns
 
@@ -578,6 +583,8 @@ class Runner:
             values.append(sample.ambient_degC)
         if self.channel.config.pressure:
             values.append(sample.pressure_MPa)
+        if self.channel.config.chamber:
+            values.append(sample.chamber_degC)
         layers = sample.layer_voltages_V
         values += layers.tolist() if layers.size else [None] * len(self.channel.layer_channels)
         return values
@@ -706,7 +713,8 @@ class Runner:
         self.finished_at_s = self.clock.now()
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # finish the shutdown first
         try:
-            problem = _retry(self.channel.safe_state, SAFE_STATE_ATTEMPTS)
+            problem = _retry(self.channel.safe_state, SAFE_STATE_WAITS_S,
+                             lambda wait_s: self.clock.sleep_until(self.clock.now() + wait_s))
             if problem is not None and code in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
                 code = ExitCode.INSTRUMENT_FAULT
             try:
@@ -721,6 +729,9 @@ class Runner:
                                 action="outputs may still be ON: switch them off at the bench")
                 self._event("run_end", state=state, reason=reason, records=self.records, overruns=self.overruns,
                             steps_run=self.step_count, cycles=self.cycle_count)
+                # in run.json at once: a process killed while it works out the summary has still ended so
+                self.store.update_metadata(state=state, exit_code=int(code), reason=reason,
+                                           outputs_confirmed_off=problem is None)
                 if self._last_sample is not None and self.step is not None:
                     # acknowledges a stop now that the output is off
                     self._publish_status(self._last_sample, ended=state, outputs_off=problem is None)
@@ -736,10 +747,12 @@ class Runner:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
-def _retry(action: Callable[[], None], attempts: int) -> str | None:
-    """Run `action` until it succeeds; the last error's text if it never does."""
+def _retry(action: Callable[[], None], waits_s: tuple[float, ...], sleep: Callable[[float], None]) -> str | None:
+    """Run `action` until it succeeds, after each wait of `waits_s`; the last error's text if it never does."""
     problem = None
-    for _ in range(attempts):
+    for wait_s in waits_s:
+        if wait_s:
+            sleep(wait_s)
         try:
             action()
             return None

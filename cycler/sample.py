@@ -15,8 +15,9 @@ class Sample:
     current_A: float  # + = charge
     layer_voltages_V: np.ndarray = field(default_factory=lambda: np.empty(0))
     temperatures_degC: dict[str, float] = field(default_factory=dict)  # DUT sensors, by sensor name
-    ambient_degC: float | None = None
+    ambient_degC: float | None = None  # around the DUT: an ambient sensor, else the chamber's air
     pressure_MPa: float | None = None
+    chamber_degC: float | None = None  # the chamber's own air-temperature reading
 
     @property
     def power_W(self) -> float:

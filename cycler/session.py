@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import os
 import platform
 import signal
@@ -33,7 +34,7 @@ from stackcycler.protocols import ProtocolFile, load_protocol
 from .analysis import SUMMARY_INPUTS, result_line, summarise, summary_records
 from .dataset import load as load_data
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
-from .channel import Channel, drive_for, unsupported_steps
+from .channel import Channel, chamber_for, drive_for, unsupported_steps
 from .clock import Clock, VirtualClock, WallClock
 from .operation import this_host
 from .control import control_for
@@ -103,6 +104,7 @@ class OpenBench:
     drivers: dict[str, object]
     identities: dict[str, str]
     locks: InstrumentLocks
+    notices: list[logging.Handler] = field(default_factory=list)  # see _log_instrument_notices
 
     def close(self) -> None:
         try:
@@ -113,6 +115,8 @@ class OpenBench:
                     pass  # closing is best effort; the safe state was reached before
         finally:
             self.locks.release_all()
+            for handler in self.notices:
+                logging.getLogger(DRIVER_LOGGER).removeHandler(handler)
 
 
 def instruments_to_lock(config: BenchConfig, instrument_names: set[str]) -> dict[str, str]:
@@ -312,11 +316,42 @@ class RunResult:
 def _channel(prepared: PreparedRun, opened: OpenBench) -> Channel:
     config = prepared.channel
     return Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
-                   {name: opened.drivers[name] for name in config.meter_names()}, opened.clock)
+                   {name: opened.drivers[name] for name in config.meter_names()}, opened.clock,
+                   chamber_for(config, opened.drivers))
 
 
 def _instrument_names(prepared: PreparedRun) -> set[str]:
-    return {*prepared.channel.drive_instruments().values(), *prepared.channel.meter_names()}
+    return prepared.channel.instrument_names()
+
+
+DRIVER_LOGGER = "stackcycler.drivers"
+
+
+class _InstrumentNotices(logging.Handler):
+    """The drivers' and transports' warnings about a run's own instruments (a late reply waited
+    for, a connection made again after it dropped) as `instrument_notice` events of the run."""
+
+    def __init__(self, store: RunStore, clock: Clock, resources: set[str]):
+        super().__init__(logging.WARNING)
+        self.store, self.clock, self.resources = store, clock, resources
+
+    def emit(self, record: logging.LogRecord) -> None:
+        resource = getattr(record, "resource", None)
+        if resource not in self.resources:
+            return
+        try:
+            self.store.event("instrument_notice", self.clock.now(), self.clock.unix_time(), resource=resource,
+                             message=record.getMessage())
+        except StorageFailure:
+            pass  # the run stops on the storage failure at its own next write
+
+
+def _log_instrument_notices(opened: OpenBench, store: RunStore, prepared: PreparedRun) -> None:
+    instruments = prepared.bench.config.instruments
+    resources = {instruments[name].resource for name in _instrument_names(prepared)}
+    handler = _InstrumentNotices(store, opened.clock, resources)
+    logging.getLogger(DRIVER_LOGGER).addHandler(handler)
+    opened.notices.append(handler)
 
 
 def _note_locks(opened: OpenBench, store: RunStore) -> None:
@@ -386,6 +421,7 @@ def _new_run(prepared: PreparedRun, opened: OpenBench, channel: Channel, reporte
                             _metadata(prepared, opened, channel, [c.name for c in columns]),
                             prepared.protocol.text, prepared.bench.text, prepared.bench.path)
     _note_locks(opened, store)
+    _log_instrument_notices(opened, store, prepared)
     snapshot = opened.simulation.snapshot if opened.simulation else None
     return Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot), store
 
@@ -412,7 +448,7 @@ def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
             config = prepared.channel
             channel = Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
                               {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
-                              opened.clock)
+                              opened.clock, chamber_for(config, opened.drivers))
             runner, store = _new_run(prepared, opened, channel, reporter, stop)
             runners.append(runner)
             stores.append(store)
@@ -517,6 +553,10 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
         raise InvalidInput(f"{folder}: the run ended {meta.get('state')} ({meta.get('reason', '')}); only a run that "
                            f"crashed or stopped ({', '.join(RESUMABLE)}) is resumed. Start a new run instead.")
     prepared = _prepare_resume(folder, meta)
+    if checkpoint["program_counter"] >= len(prepared.plan.program):
+        # killed after its last step, before run.json said how it ended (see Runner._finish)
+        raise InvalidInput(f"{folder}: the run had finished its protocol when its process stopped (its last "
+                           "checkpoint is past the last step); nothing is left to resume. Start a new run instead.")
     if speed is not KEEP_SPEED:
         if not prepared.bench.config.simulated:
             raise InvalidInput("--speed applies to simulated benches only; this run drives real instruments")
@@ -546,6 +586,7 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
             return None
         store, rows_cut = RunStore.reopen(folder, columns, checkpoint["records"])
         _note_locks(opened, store)
+        _log_instrument_notices(opened, store, prepared)
         snapshot = opened.simulation.snapshot if opened.simulation else None
         runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
         runner.restore(checkpoint, opened.clock.now())

@@ -272,3 +272,53 @@ class ElectronicLoad(Instrument, ABC):
     @property
     def output_found_on(self) -> bool:
         return self.input_found_on
+
+
+@dataclass(frozen=True)
+class ChamberReading:
+    """What an environmental chamber reports about the air around the DUT."""
+
+    temperature_degC: float
+    humidity_pct: float | None  # relative humidity; None on a chamber without a humidity sensor
+    running: bool  # regulating towards its set-point (not stopped, not off)
+    alarms: int  # how many alarms it reports
+
+
+class TemperatureChamber(Instrument, ABC):
+    """An environmental chamber the DUT sits in: the channel reads its air temperature every tick.
+
+    It is not an output of the channel: the safe state leaves it as it is. A chamber switched off
+    at a trip would take a cell held at -20 degC through condensation or one at 60 degC through an
+    uncontrolled cool-down, and its own over-temperature protection is its second line of
+    defence; what the chamber does after a trip is the operator's decision.
+    """
+
+    identity: str
+    resource: str
+
+    @abstractmethod
+    def connect(self) -> str:
+        """Take remote control, read its ratings and state (changing neither); return the identity."""
+
+    @abstractmethod
+    def set_temperature(self, setpoint_degC: float) -> None:
+        """The air temperature to regulate to; range-checked against the chamber before anything is sent."""
+
+    @abstractmethod
+    def run(self) -> None:
+        """Start regulating to the set-point."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop regulating; the air drifts towards the room's temperature."""
+
+    @abstractmethod
+    def read(self) -> ChamberReading: ...
+
+    @abstractmethod
+    def check_errors(self) -> None:
+        """Raise InstrumentError if the chamber reports an alarm."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release remote control and the connection (the chamber keeps running)."""

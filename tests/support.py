@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
@@ -52,9 +53,11 @@ def data_rows(samples: Path) -> list[str]:
     return samples.read_text().splitlines()[1:] if samples.exists() else []
 
 
-def start_logging_run(cwd: Path, rows: int, **popen) -> tuple[subprocess.Popen, Path]:
-    """`cycler run capacity-check` at 100x real time in a subprocess, once it has logged `rows` rows."""
-    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", "capacity-check", "--speed", "100"],
+def start_logging_run(cwd: Path, rows: int, protocol: str = "capacity-check", speed: str = "100",
+                      **popen) -> tuple[subprocess.Popen, Path]:
+    """`cycler run PROTOCOL` (on the bench `sim`) at `speed` times real time in a subprocess, once it
+    has logged `rows` rows."""
+    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", protocol, "--speed", speed],
                                cwd=cwd, **popen)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -64,6 +67,35 @@ def start_logging_run(cwd: Path, rows: int, **popen) -> tuple[subprocess.Popen, 
         time.sleep(0.1)
     process.kill()
     raise AssertionError("the run did not start logging within a minute")
+
+
+def wait_for_rows(samples: Path, rows: int, process: subprocess.Popen, timeout_s: float = 120.0) -> bool:
+    """Wait until samples.csv holds `rows` data rows; False if the process ended first."""
+    deadline = time.monotonic() + timeout_s
+    while len(data_rows(samples)) < rows:
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{samples} did not reach {rows} rows within {timeout_s:.0f} s")
+        time.sleep(0.01)
+    return True
+
+
+def assert_continuous(folder) -> pd.DataFrame:
+    """One unbroken record: indices 1..N, time never going back, counters never going back."""
+    samples = pd.read_csv(Path(folder) / "samples.csv")
+    assert samples["Record Index / 1"].tolist() == list(range(1, len(samples) + 1))
+    assert (np.diff(samples["Test Time / s"]) >= 0).all()
+    for column in ("Step Count / 1", "Cycle Count / 1", "Charging Capacity / Ah", "Discharging Capacity / Ah",
+                   "Charging Energy / Wh", "Discharging Energy / Wh"):
+        assert (np.diff(samples[column]) >= -1e-9).all(), column
+    # a time appears twice only where the output switched (a step start, a resume): the row before
+    # and the row right after the switch
+    resumes = {round(e["test_time_s"], 3) for e in events_of(folder) if e["event"] == "resumed"}
+    repeated = samples[samples["Test Time / s"].duplicated(keep=False)]
+    for t, rows in repeated.groupby("Test Time / s"):
+        assert rows["Step Time / s"].min() == 0 or round(t, 3) in resumes, t
+    return samples
 
 
 Script = list[tuple[str, "str | None"]]

@@ -11,32 +11,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
-from support import StopAfter, data_rows, events_of, start_logging_run
+from support import StopAfter, assert_continuous, data_rows, events_of, start_logging_run
 
 from stackcycler.errors import ExitCode, InvalidInput
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import RESUME_VOLTAGE_TOLERANCE, resume
-
-
-def assert_continuous(folder) -> pd.DataFrame:
-    """One unbroken record: indices 1..N, time never going back, counters never going back."""
-    samples = pd.read_csv(folder / "samples.csv")
-    assert samples["Record Index / 1"].tolist() == list(range(1, len(samples) + 1))
-    assert (np.diff(samples["Test Time / s"]) >= 0).all()
-    for column in ("Step Count / 1", "Cycle Count / 1", "Charging Capacity / Ah", "Discharging Capacity / Ah",
-                   "Charging Energy / Wh", "Discharging Energy / Wh"):
-        assert (np.diff(samples[column]) >= -1e-9).all(), column
-    # a time appears twice only where the output switched (a step start, a resume): the row before
-    # and the row right after the switch
-    resumes = {round(e["test_time_s"], 3) for e in events_of(folder) if e["event"] == "resumed"}
-    repeated = samples[samples["Test Time / s"].duplicated(keep=False)]
-    for t, rows in repeated.groupby("Test Time / s"):
-        assert rows["Step Time / s"].min() == 0 or round(t, 3) in resumes, t
-    return samples
 
 
 def interrupted_run(run_protocol, ticks: int = 2000):

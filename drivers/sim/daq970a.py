@@ -6,7 +6,9 @@ ascending slot/channel order; READ? returns one NR3 reading per channel in that 
 CONFigure and *RST switch the FORMat:READing fields off; an overload reads +9.9E+37;
 ROUTe:SCAN? answers a definite-length block such as #214(@101,102,103).
 
-Wiring: which DAQ channel sees which layer voltage, thermocouple or load-cell output.
+Wiring: which DAQ channel sees which layer voltage, thermocouple or load-cell output. A
+thermocouple that opens (a broken junction, a lead pulled off: `open_thermocouple`) reads
++9.9E+37, as an unwired thermocouple input does.
 The scan is instantaneous on the virtual clock (a real 27-channel scan at 1 PLC takes
 about half a second; not modelled yet).
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..scpi import format_channel_list, parse_channel_list
 from .scpi import ScpiError, ScpiInstrument, scpi
@@ -30,6 +32,11 @@ OVERLOAD = 9.9e37
 SLOTS = (1, 2, 3)
 CHANNELS_PER_CARD = 20  # DAQM901A: 20 two-wire voltage channels per slot
 THERMOCOUPLE_TYPES = ("B", "E", "J", "K", "N", "R", "S", "T")
+
+
+def _exists(channel: int) -> bool:
+    slot, number = divmod(channel, 100)
+    return slot in SLOTS and 1 <= number <= CHANNELS_PER_CARD
 
 
 class StackWiring(BaseModel):
@@ -44,6 +51,18 @@ class StackWiring(BaseModel):
     def channels(self) -> list[int]:
         return [*parse_channel_list(self.layer_channels), *self.thermocouples,
                 *([self.load_cell_channel] if self.load_cell_channel is not None else [])]
+
+    @model_validator(mode="after")
+    def _channels_exist(self) -> "StackWiring":
+        try:
+            channels = self.channels()
+        except ValueError as error:
+            raise ValueError(f"layer_channels: {error}") from None
+        missing = [channel for channel in channels if not _exists(channel)]
+        if missing:
+            raise ValueError(f"no DAQ channel {', '.join(map(str, missing))}: channels are slot 1 to {SLOTS[-1]} "
+                             f"times 100 plus 1 to {CHANNELS_PER_CARD} (101 to {SLOTS[-1]}{CHANNELS_PER_CARD})")
+        return self
 
 
 class Daq970aSimConfig(StackWiring):
@@ -96,6 +115,7 @@ class SimDaq970a(ScpiInstrument):
                 seen.add(channel)
         self._tc_offset = {ch: 0.2 * self._rng.standard_normal()
                            for _, wiring in self._wired for ch in wiring.thermocouples}
+        self.open_thermocouples: set[int] = set()  # wiring, not a setting: *RST does not mend them
         self.reset()
 
     def reset(self) -> None:
@@ -111,15 +131,23 @@ class SimDaq970a(ScpiInstrument):
         return super().handle(message)
 
     def snapshot(self) -> dict:
-        return {}  # the driver configures its scan again when it reconnects
+        # the driver configures its scan again when it reconnects; broken wiring stays broken
+        return {"open_thermocouples": sorted(self.open_thermocouples)}
 
     def restore(self, state: dict) -> None:
-        pass
+        self.open_thermocouples = set(state.get("open_thermocouples", ()))
+        self._scan = None
+
+    def open_thermocouple(self, channel: int) -> None:
+        """The thermocouple wired to `channel` opens: from now on it reads as an open input."""
+        if not any(channel in wiring.thermocouples for _, wiring in self._wired):
+            raise ValueError(f"channel {channel} has no thermocouple wired to it")
+        self.open_thermocouples.add(channel)
+        self._scan = None
 
     @staticmethod
     def _check_channel(channel: int) -> None:
-        slot, number = divmod(channel, 100)
-        if slot not in SLOTS or not 1 <= number <= CHANNELS_PER_CARD:
+        if not _exists(channel):
             raise ScpiError(-224, f"Illegal parameter value; no channel {channel}")
 
     def _channels(self, arg: str) -> list[int]:
@@ -227,7 +255,7 @@ class SimDaq970a(ScpiInstrument):
         for channel in self.scan_list:
             setup = self._setup.get(channel) or _ChannelSetup()
             if setup.function == "TEMP":
-                signal = thermocouple_signal.get(channel)
+                signal = None if channel in self.open_thermocouples else thermocouple_signal.get(channel)
                 source.append(open_tc if signal is None else signal)
                 offset.append(0.0 if signal is None else self._tc_offset[channel])
                 noise.append(0.0 if signal is None else config.temperature_noise_degC)

@@ -99,9 +99,15 @@ class SimEaPsb(KeepsSettings, ScpiInstrument):
                                ("OCP", abs(current) > self.ocp_A),
                                ("OPP", abs(current * terminal_V) > self.opp_W)):
             if tripped:
-                self.alarm, self.output_on = alarm, False
+                self.trip_protection(alarm)
                 return 0.0
         return current
+
+    def trip_protection(self, alarm: str) -> None:
+        """The unit's own protection trips (OVP, OCP, OPP): the DC terminal off and the alarm latched,
+        so OUTP ON is refused until it is cleared. Also how a fault schedule trips it (sim/faults.py)."""
+        self.alarm, self.output_on = alarm, False
+        self.world.settings_changed()
 
     # --- settings ----------------------------------------------------------------------
 

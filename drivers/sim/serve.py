@@ -10,38 +10,65 @@ which the byte transport opens like a serial port.
 
 The instruments share one simulated world, so messages are handled one at a time (a lock), as
 they would reach one bench.
+
+The bench's link faults (faults.py) act here, on the wall clock since the server started: a deaf
+instrument reads and drops what it is sent, a late reply is held back on its connection (the
+messages after it wait, as behind a busy instrument), and a dropped connection is closed by the
+server (a client connects again).
 """
 
 from __future__ import annotations
 
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 
+from ..transport import Delivery, link_faults_of
 from .simulation import Simulation
+
+
+def _exchange(server, message, answer) -> Delivery:
+    """The message handled by the instrument, through its link faults if it has any."""
+    link = link_faults_of(server.device)
+    with server.world_lock:
+        return Delivery(answer(message)) if link is None else link.deliver(message, answer)
 
 
 class _ScpiLineHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         for raw in self.rfile:
             message = raw.decode("ascii", errors="replace").rstrip("\r\n")
-            with self.server.world_lock:
-                reply = self.server.device.handle(message)
-            if reply is not None:
-                self.wfile.write(reply.encode("ascii", errors="replace") + b"\n")
-                self.wfile.flush()
+            delivery = _exchange(self.server, message, self.server.device.handle)
+            if delivery.link_dropped:
+                return  # the connection closes
+            if delivery.reply is not None:
+                time.sleep(delivery.delay_s)
+                try:
+                    self.wfile.write(delivery.reply.encode("ascii", errors="replace") + b"\n")
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client has gone (it gave up on a late reply and connected again)
 
 
 class _ByteStreamHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         while True:
-            data = self.request.recv(256)
+            try:
+                data = self.request.recv(256)
+            except OSError:
+                return  # the client has gone
             if not data:
                 return
-            with self.server.world_lock:
-                reply = self.server.device.receive(data)
-            if reply:
-                self.request.sendall(reply)
+            delivery = _exchange(self.server, data, self.server.device.receive)
+            if delivery.link_dropped:
+                return
+            if delivery.reply:
+                time.sleep(delivery.delay_s)
+                try:
+                    self.request.sendall(delivery.reply)
+                except OSError:
+                    return  # the client has gone
 
 
 def speaks_bytes(device) -> bool:

@@ -15,19 +15,22 @@ from ..sensors import PressureFixture
 from .bk8500 import Bk8500SimConfig, SimBk8500
 from .daq970a import Daq970aSimConfig, SimDaq970a
 from .ea_psb import EaPsbSimConfig, SimEaPsb
+from .espec_chamber import EspecChamberSimConfig, SimEspecChamber
+from .faults import Fault, FaultInjector, fault_problems
 from .keithley_smu import Keithley2400SimConfig, Keithley2450SimConfig, SimKeithley2400, SimKeithley2450
 from .keysight_e36312a import KeysightE36312aSimConfig, SimKeysightE36312a
+from .keysight_n6705c import KeysightN6705cSimConfig, SimKeysightN6705c
 from .rigol_dl3021 import RigolDl3021SimConfig, SimRigolDl3021
 from .stack import StackModel, StackParameters
 from .world import SimWorld
 
 SimInstrumentConfig = Annotated[Union[EaPsbSimConfig, Keithley2450SimConfig, Keithley2400SimConfig,
                                       KeysightE36312aSimConfig, RigolDl3021SimConfig, Bk8500SimConfig,
-                                      Daq970aSimConfig],
+                                      Daq970aSimConfig, KeysightN6705cSimConfig, EspecChamberSimConfig],
                                Field(discriminator="kind")]
 
-# The simulator behind each instrument wired to one stack's terminals: supplies, sources and
-# loads (the DAQ, wired to several stacks, is built apart).
+# The simulator behind each instrument wired to one stack: supplies, sources and loads at its
+# terminals, a chamber around it (the DAQ, wired to several stacks, is built apart).
 TERMINAL_SIMULATORS: dict[type, type] = {
     EaPsbSimConfig: SimEaPsb,
     Keithley2450SimConfig: SimKeithley2450,
@@ -35,6 +38,8 @@ TERMINAL_SIMULATORS: dict[type, type] = {
     KeysightE36312aSimConfig: SimKeysightE36312a,
     RigolDl3021SimConfig: SimRigolDl3021,
     Bk8500SimConfig: SimBk8500,
+    KeysightN6705cSimConfig: SimKeysightN6705c,
+    EspecChamberSimConfig: SimEspecChamber,
 }
 
 MAIN_STACK = "main"
@@ -43,12 +48,13 @@ MAIN_STACK = "main"
 class SimulationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    seed: int = 1
+    seed: int = Field(1, ge=0, description="of the simulated noise and the stacks' spreads (numpy takes no negative seed)")
     stack: StackParameters = StackParameters()
     more_stacks: dict[str, StackParameters] = Field(
         default_factory=dict, description="further stacks of a multi-channel bench, by name; `stack` is 'main'")
     fixture: PressureFixture | None = None
     instruments: dict[str, SimInstrumentConfig]
+    faults: list[Fault] = Field(default_factory=list, description="faults to develop during a test (see faults.py)")
 
     def stacks(self) -> dict[str, StackParameters]:
         return {MAIN_STACK: self.stack, **self.more_stacks}
@@ -71,10 +77,23 @@ class SimulationConfig(BaseModel):
         return self
 
 
+    @model_validator(mode="after")
+    def _faults_fit_the_bench(self) -> "SimulationConfig":
+        simulators = {name: (instrument, SimDaq970a if isinstance(instrument, Daq970aSimConfig)
+                             else TERMINAL_SIMULATORS[type(instrument)])
+                      for name, instrument in self.instruments.items()}
+        problems = fault_problems(self.faults, {name: stack.layers for name, stack in self.stacks().items()},
+                                  simulators)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
 @dataclass
 class Simulation:
     worlds: dict[str, SimWorld]  # one per simulated stack, on one clock
     instruments: dict[str, object]  # SCPI instruments (`handle`) and binary ones (`receive`)
+    faults: FaultInjector | None = None  # the bench's fault schedule at work
 
     @property
     def world(self) -> SimWorld:
@@ -87,7 +106,8 @@ class Simulation:
             world.sync()
         return {"time_s": self.world.clock.now(),
                 "stacks": {name: world.stack.snapshot() for name, world in self.worlds.items()},
-                "instruments": {name: instrument.snapshot() for name, instrument in self.instruments.items()}}
+                "instruments": {name: instrument.snapshot() for name, instrument in self.instruments.items()},
+                "faults": self.faults.snapshot() if self.faults else None}
 
     def restore(self, state: dict) -> None:
         """Continue from a snapshot: the hardware carries on, untouched, until the clock's now."""
@@ -96,6 +116,8 @@ class Simulation:
             self.worlds[name].stack.restore(stack_state)
         for name, instrument_state in state["instruments"].items():
             self.instruments[name].restore(instrument_state)
+        if self.faults is not None and state.get("faults"):
+            self.faults.restore(state["faults"])  # before the worlds move: a fault that formed stays formed
         for world in self.worlds.values():
             world.set_time(state["time_s"])
             world.sync()
@@ -112,4 +134,7 @@ def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
                                            {stack: worlds[stack] for stack in instrument.more_stacks})
         else:
             instruments[name] = TERMINAL_SIMULATORS[type(instrument)](worlds[instrument.stack], name, instrument)
-    return Simulation(worlds, instruments)
+    faults = FaultInjector(config.faults, worlds, instruments,
+                           {name: instrument.stack for name, instrument in config.instruments.items()},
+                           clock, config.seed) if config.faults else None
+    return Simulation(worlds, instruments, faults)

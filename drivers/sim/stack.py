@@ -31,8 +31,9 @@ OCV_V = np.array([1.50, 2.40, 3.00, 3.28, 3.43, 3.54, 3.63, 3.70, 3.77, 3.84,
 
 
 class InternalShort(BaseModel):
-    """A soft internal short that forms in one layer (a lithium dendrite through the separator):
-    a resistance that drains the layer from the moment its state of charge passes `from_soc`."""
+    """An internal short in one layer (a lithium dendrite through the separator): a resistance that
+    drains the layer from the moment its state of charge passes `from_soc`. Soft or hard is only
+    the resistance: ohms drain a layer over hours, milliohms collapse it in seconds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -120,7 +121,12 @@ class StackModel:
         self.discharged_Ah = 0.0
         self.charged_Wh = 0.0
         self.discharged_Wh = 0.0
+        self.internal_short = params.internal_short  # the bench's, or one a fault forms later (form_short)
         self.short_active = False  # the internal short has formed
+        # A fixture whose preload creeps (a spring relaxing, a screw backing off): an offset on the
+        # pressure that grows at a steady rate (drift_pressure).
+        self.pressure_offset_MPa = 0.0
+        self.pressure_drift_MPa_per_s = 0.0
         self._state_moved()
 
     def _state_moved(self) -> None:
@@ -159,18 +165,35 @@ class StackModel:
         return self._emf_V + self.current_A * self._resistance_ohm
 
     _STATE = ("capacity_Ah", "r0_ref_ohm", "soc", "v_rc", "temperature_degC", "current_A",
-              "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh", "short_active")
+              "charged_Ah", "discharged_Ah", "charged_Wh", "discharged_Wh", "short_active", "internal_short",
+              "pressure_offset_MPa", "pressure_drift_MPa_per_s")
 
     def snapshot(self) -> dict:
         """The stack's state, as JSON-able data (for a checkpoint)."""
-        return {name: (value.tolist() if isinstance(value, np.ndarray) else value)
+        return {name: (value.tolist() if isinstance(value, np.ndarray)
+                       else value.model_dump() if isinstance(value, BaseModel) else value)
                 for name in self._STATE for value in [getattr(self, name)]}
 
     def restore(self, state: dict) -> None:
         for name in self._STATE:
             value = state.get(name, getattr(self, name))  # a field newer than the snapshot keeps its value
+            if name == "internal_short":
+                value = None if value is None else InternalShort.model_validate(value)
             setattr(self, name, np.asarray(value, float) if isinstance(value, list) else value)
         self._state_moved()
+
+    # --- faults that form during a test (drivers/sim/faults.py) ------------------------------
+
+    def form_short(self, layer: int, resistance_ohm: float) -> None:
+        """An internal short forms in `layer` (1-based) now, whatever its state of charge."""
+        if not 1 <= layer <= self.layers:
+            raise ValueError(f"no layer {layer}: the stack has {self.layers}")
+        self.internal_short = InternalShort(layer=layer, resistance_ohm=resistance_ohm)
+        self.short_active = True
+
+    def drift_pressure(self, MPa_per_s: float) -> None:
+        """The fixture's pressure drifts from now on at `MPa_per_s` (on top of swelling and heat)."""
+        self.pressure_drift_MPa_per_s = MPa_per_s
 
     @property
     def equivalent_full_cycles(self) -> float:
@@ -185,11 +208,11 @@ class StackModel:
         p = self.params
         mean_soc = float(self.soc.sum()) / p.layers
         return (p.preload_MPa + p.swelling_MPa_per_soc * mean_soc
-                + p.thermal_pressure_MPa_per_K * (self.temperature_degC - p.ambient_degC))
+                + p.thermal_pressure_MPa_per_K * (self.temperature_degC - p.ambient_degC) + self.pressure_offset_MPa)
 
     def _drain_through_short(self, dt_s: float) -> float:
         """The internal short's discharge of its layer over `dt_s`; returns the heat it makes (W)."""
-        short = self.params.internal_short
+        short = self.internal_short
         if short is None:
             return 0.0
         k = short.layer - 1
@@ -222,6 +245,7 @@ class StackModel:
             self.discharged_Wh += -terminal_V * current_A * dt_s / 3600.0
         self.soc = self.soc + stored_Ah / self.capacity_Ah
         heat_W += self._drain_through_short(dt_s)
+        self.pressure_offset_MPa += self.pressure_drift_MPa_per_s * dt_s
         self._age()
 
         decay = math.exp(-dt_s / p.tau1_s)  # exact for constant current over the interval

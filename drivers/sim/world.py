@@ -7,13 +7,18 @@ is computed from the state at this moment. Between ticks nothing runs.
 An instrument that drives the terminals calls `settings_changed()` when it executes a command;
 the next `sync()` then settles the current to the new settings. When neither the time nor any
 setting has changed since the last sync, the current is already settled and sync does nothing.
+
+A change planned for a moment (`at`: a fault that forms, see faults.py) is made when the
+integration reaches that moment, so its effect starts exactly then, however far apart the syncs.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import zlib
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -58,11 +63,18 @@ class SimWorld:
         self._t = clock.now()
         self._sources: list[TerminalSource] = []
         self._settled = False  # the stack carries the current the sources drive at its present state
+        self._planned: list[tuple[float, int, Callable[[], None]]] = []  # (test time, order, change): a heap
+        self._order = itertools.count()
 
     def set_time(self, t: float) -> None:
         """The stack's state is that of time `t` (after restoring a snapshot)."""
         self._t = t
         self._settled = False
+
+    def at(self, t: float, change: Callable[[], None]) -> None:
+        """Make `change` (to the stack or an instrument) at test time `t`: the physics runs up to `t`
+        with the old state and on from `t` with the new. A `t` already past is made at the next sync."""
+        heapq.heappush(self._planned, (t, next(self._order), change))
 
     def connect(self, source: TerminalSource) -> None:
         self._sources.append(source)
@@ -88,16 +100,26 @@ class SimWorld:
     def sync(self) -> None:
         """Integrate the stack up to the clock's now, then settle the current to the present setpoints."""
         now = self.clock.now()
-        dt = now - self._t
-        if dt > 0:
-            steps = max(1, math.ceil(dt / MAX_STEP_S))
-            h = dt / steps
-            for _ in range(steps):
-                self.stack.advance(self._present_current(), h)
-            self._t = now
-        elif self._settled:
+        while self._planned and self._planned[0][0] <= now:
+            t, _, change = heapq.heappop(self._planned)
+            self._integrate_to(t)
+            change()
+            self._settled = False
+        if not self._integrate_to(now) and self._settled:
             return  # same time, same settings, same state: the settled current still holds
         # Instruments regulate in milliseconds, far below a tick: the current follows a
         # setpoint change at once.
         self.stack.advance(self._present_current(), 0.0)
         self._settled = True
+
+    def _integrate_to(self, t: float) -> bool:
+        """Carry the present current from the stack's time up to `t`; False if `t` is not later."""
+        dt = t - self._t
+        if dt <= 0:
+            return False
+        steps = max(1, math.ceil(dt / MAX_STEP_S))
+        h = dt / steps
+        for _ in range(steps):
+            self.stack.advance(self._present_current(), h)
+        self._t = t
+        return True

@@ -1,0 +1,309 @@
+"""Keysight N6705C DC Power Analyzer with an N6781A two-quadrant SMU module: one mainframe
+channel as a bidirectional supply (SCPI). See shared/reference/instruments.md §2.
+
+Why the N6781A fits the role: in voltage priority "the output voltage remains regulated at its
+programmed setting as long as the load current remains within the positive or negative current
+limit"; at either limit it regulates that current instead (CL+ / CL- status) (N6705 User's Guide
+p. 159, "N678xA Multi-Quadrant Operation"; N6700 User's Guide appendix E p. 122). With the two
+limits set apart (tracking off) that is the role's law, both clamps in hardware: CC charge and
+discharge, CV and CC-CV are native, and a cell above the set voltage is discharged, not ignored.
+
+Sources: "UG" = the N6705 User's Guide (pp. 64, 159) and the N6705C User's Guide (p. 88); "PR" =
+the N6700 Programmer's Reference page for VOLTage:PROTection:REMote (as reproduced with the
+N6702C manual, p. 304); "drivers" = google/py-lab-hal keysight_n6705c.py, Ben3094/pyVirtualLab
+KeysightN6705C/Outputs.py and an N6700B driver (CURR:LIM, CURR:LIM:NEG, FUNC, MEAS), [secondary]
+where only they give a spelling.
+* `*IDN?` -> `Keysight Technologies,N6705C,MY56006098,E.02.09.3271` (reference §2); the module in
+  a slot: `SYST:CHAN:MOD? (@n)` -> `N6781A` (pyVirtualLab);
+* every output command takes the channel list `(@n)` last (reference §2);
+* emulation `EMUL PS2Q,(@n)`: a two-quadrant supply, +V with current both ways (UG p. 64;
+  drivers); priority `FUNC VOLT,(@n)` (py-lab-hal). Switching the priority turns the output off
+  and returns the settings to their reset values (N6705C UG p. 88): both are set at connect, with
+  the output off, before any setting;
+* voltage `VOLT v,(@n)`; positive (source) current limit `CURR:LIM a,(@n)`; negative (sink) limit
+  `CURR:LIM:NEG -a,(@n)`, a negative number (drivers; reference §2). The negative limit tracks the
+  positive by default (UG p. 64): `CURR:LIM:COUP 0,(@n)` sets them apart (pyVirtualLab);
+* envelope, from the voltage-priority locus (UG p. 159): ±3 A in the 6 V range, ±1 A in the 20 V
+  range; `VOLT:RANG v,(@n)` selects the range (py-lab-hal);
+* remote over-voltage protection `VOLT:PROT:REM v,(@n)`, 0 to 22 V: above it the output is
+  disabled and the OV bit set (PR); a latched trip is cleared with `OUTP:PROT:CLE (@n)`
+  (reference §2; pyVirtualLab);
+* `STAT:QUES:COND? (@n)`: OV 1, OC 2, PF 4, CP+ 8, OT 16, CP- 32, OV- 64, LIM+ 128, LIM- 256,
+  INH 512, UNR 1024, PROT 2048, OSC 4096 (pyVirtualLab; reference §2); LIM+ and LIM- are the
+  UG's CL+ and CL-;
+* `MEAS:VOLT? (@n)`, `MEAS:CURR? (@n)` in NR3; the current is positive out of the + terminal,
+  into the DUT, i.e. + = charge, and negative while the module sinks;
+* `SYST:ERR?` -> `+0,"No error"` ([uncertain] for this model: the Keysight form).
+
+Over-current. OCP (`CURR:PROT:STAT`) switches the output off when it goes into current limit
+(reference §2 [uncertain]), which is where CC charge and discharge regulate: it is switched off
+at connect. The two current limits are the hardware clamp; the over-current threshold is kept as
+a ceiling regulate() refuses to exceed (as for the E36312A and the Keithley SMUs). The
+over-voltage protection is the instrument's own: armed at set_protection, it trips.
+
+Range. set_protection selects the lowest range that holds the over-voltage threshold, which lies
+above every voltage the run commands: a cell gets the 6 V range and its 3 A, a stack above 6 V the
+20 V range and 1 A. It is chosen once, with the output off (before it: the 20 V range);
+regulate() refuses a voltage or a limit outside it.
+
+[uncertain] Rests: the output is switched off and MEAS:VOLT? is taken as the DUT's voltage. If a
+real module's output relays open and it then reads about 0 V, the first rest trips the
+min_voltage safety limit (the run ends in its safe state, nothing is harmed); the remedy would be
+a standby as in keithley_smu.py (output on at a negligible current limit).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from stackcycler.errors import InstrumentError, InvalidInput
+
+from .roles import BenchSetting, BidirectionalSupply, SupplyRatings
+from .scpi import ScpiDriver, Setting, format_channel_list, parse_number, parse_on_off
+
+MAINFRAMES = ("N6705C", "N6705B")  # the N6705B answers `Agilent Technologies,N6705B,...` (reference §2)
+MODULE = "N6781A"
+SLOTS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class VoltageRange:
+    voltage_V: float
+    current_A: float  # the current limit available, sourcing or sinking
+
+
+# UG p. 159: the voltage-priority locus of the N678xA, "+20 V / +6 V", "+1 A / +3 A".
+RANGES: tuple[VoltageRange, ...] = (VoltageRange(6.0, 3.0), VoltageRange(20.0, 1.0))
+MAX_OVER_VOLTAGE_V = 22.0  # PR: VOLT:PROT:REM 0 to 22 V
+N6781A_RATINGS = SupplyRatings(voltage_V=RANGES[-1].voltage_V, current_A=RANGES[0].current_A,
+                               power_W=max(r.voltage_V * r.current_A for r in RANGES),
+                               max_over_voltage_V=MAX_OVER_VOLTAGE_V, max_over_current_A=RANGES[0].current_A)
+
+# STAT:QUES:COND? bits that mean the output cannot be trusted (the others are normal operation)
+QUESTIONABLE_FAULTS = {
+    1: "over-voltage protection tripped",
+    2: "over-current protection tripped",
+    4: "power failure",
+    16: "over-temperature",
+    64: "negative over-voltage protection tripped",
+    512: "output inhibited (external inhibit input)",
+    2048: "output disabled by a protection fault on a coupled channel",
+    4096: "oscillation detected",
+}
+LIMIT_POSITIVE = 128  # in its source (positive) current limit: CL+
+LIMIT_NEGATIVE = 256  # in its sink (negative) current limit: CL-
+
+Regulation = Literal["CV", "CL+", "CL-"]
+
+
+def _zero_one(on: bool) -> str:
+    return "1" if on else "0"
+
+
+def _negative(amps: float) -> str:
+    """A sink limit's magnitude as the negative number CURR:LIM:NEG takes."""
+    return str(-amps) if amps else "0"
+
+
+def _model(field: str):
+    return lambda driver: (0.0, getattr(N6781A_RATINGS, field))
+
+
+class KeysightN6705c(ScpiDriver, BidirectionalSupply):
+    FRIENDLY_NAME = "Keysight N6705C"
+    BENCH_SETTINGS: ClassVar[dict[str, BenchSetting]] = {
+        "output": BenchSetting("the mainframe channel (slot) of the N6781A wired to the DUT", SLOTS, required=True),
+    }
+
+    emulation = Setting("EMUL {},{channels}", "EMUL? {channels}", "emulation mode", parse=str)
+    priority = Setting("FUNC {},{channels}", "FUNC? {channels}", "voltage or current priority", parse=str)
+    limit_tracking = Setting("CURR:LIM:COUP {},{channels}", "CURR:LIM:COUP? {channels}",
+                             "the negative current limit tracks the positive", parse=parse_on_off, to_text=_zero_one)
+    over_current_protection = Setting("CURR:PROT:STAT {},{channels}", "CURR:PROT:STAT? {channels}",
+                                      "switch off when the output goes into current limit", parse=parse_on_off,
+                                      to_text=_zero_one)
+    voltage_range_V = Setting("VOLT:RANG {},{channels}", "VOLT:RANG? {channels}", "voltage range",
+                              limits=_model("voltage_V"))
+    voltage_V = Setting("VOLT {},{channels}", "VOLT? {channels}", "voltage set value (voltage priority)",
+                        limits=_model("voltage_V"))
+    source_limit_A = Setting("CURR:LIM {},{channels}", "CURR:LIM? {channels}", "positive (source) current limit",
+                             limits=_model("current_A"))
+    sink_limit_A = Setting("CURR:LIM:NEG {},{channels}", "CURR:LIM:NEG? {channels}",
+                           "negative (sink) current limit, as a magnitude", parse=lambda reply: -parse_number(reply),
+                           to_text=_negative, limits=_model("current_A"))
+    over_voltage_V = Setting("VOLT:PROT:REM {},{channels}", "VOLT:PROT:REM? {channels}",
+                             "remote over-voltage protection level", limits=lambda driver: (0.0, MAX_OVER_VOLTAGE_V))
+    output = Setting("OUTP {},{channels}", "OUTP? {channels}", "output on/off", parse=parse_on_off,
+                     to_text=lambda on: "ON" if on else "OFF")
+
+    LIMITS = ("source_limit_A", "sink_limit_A")
+
+    def __init__(self, transport, output: int):
+        super().__init__(transport)
+        if output not in SLOTS:
+            raise InvalidInput(f"{self.FRIENDLY_NAME} at {transport.resource}: channel {output!r} is not one of "
+                               f"{', '.join(map(str, SLOTS))} (the mainframe's slots)")
+        self.channel = output
+        self._connected = False
+        self._range = RANGES[-1]
+        self._regulated = False  # regulate() since connect or the safe state: the output may go on
+        self._sent: dict[str, float] = {}  # last values sent, so unchanged ones are not resent
+        self._over_voltage_level_V: float | None = None
+        self._over_current_ceiling_A: float | None = None
+
+    @property
+    def command_fields(self) -> dict[str, str]:
+        return {"channels": format_channel_list([self.channel])}
+
+    @property
+    def ratings(self) -> SupplyRatings:
+        if not self._connected:
+            raise InstrumentError(f"{self._where()}: not connected")
+        return N6781A_RATINGS
+
+    @property
+    def voltage_range(self) -> VoltageRange:
+        return self._range
+
+    def _where(self) -> str:
+        return f"{self.FRIENDLY_NAME} channel {self.channel} at {self.resource}"
+
+    def _refuse(self, why: str) -> None:
+        raise InvalidInput(f"{self._where()}: {why}; nothing was sent")
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connect(self) -> str:
+        identity = self.identify()
+        fields = [field.strip() for field in identity.split(",")]
+        if len(fields) < 2 or fields[1].upper() not in MAINFRAMES:
+            raise InstrumentError(f"{self.resource} is not a {' or '.join(MAINFRAMES)}: *IDN? answered {identity!r}")
+        module = self.query(f"SYST:CHAN:MOD? {self.command_fields['channels']}").strip('"')
+        if module.upper() != MODULE:
+            raise InstrumentError(f"{self._where()}: the slot holds {module!r}, not an {MODULE}; the bench file's "
+                                  "`output` names the mainframe channel of the N6781A")
+        self.write("*CLS")  # errors left by an earlier session are not this run's
+        self.output_found_on = self.output  # after a host crash it may still be on: worth knowing
+        self.output = False
+        self._raise_on_faults()
+        with self.batch():
+            self.emulation = "PS2Q"  # two quadrants: +V, current both ways
+            self.priority = "VOLT"  # resets the settings, so before any of them
+            self.limit_tracking = False
+            self.over_current_protection = False  # it would trip at the current limit: see the module notes
+            self.voltage_range_V = RANGES[-1].voltage_V
+        self._range = RANGES[-1]
+        self._sent, self._regulated = {}, False
+        self._connected = True
+        return identity
+
+    # --- protection ------------------------------------------------------------------------
+
+    def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
+        ratings = self.ratings
+        for name, value, high in (("over_voltage_V", over_voltage_V, ratings.max_over_voltage_V),
+                                  ("over_current_A", over_current_A, ratings.max_over_current_A)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
+                self._refuse(f"{name} = {value!r} is outside the model's range 0 to {high:g}")
+        chosen = next((r for r in RANGES if r.voltage_V >= over_voltage_V), RANGES[-1])
+        with self.batch():
+            self.voltage_range_V = chosen.voltage_V
+            self.over_voltage_V = over_voltage_V
+        self._range = chosen
+        # A range change may move the settings: the next regulate() sends them all, before the output goes on.
+        self._sent.clear()
+        self._regulated = False
+        self._over_voltage_level_V = over_voltage_V
+        self._over_current_ceiling_A = over_current_A
+
+    # --- regulation ------------------------------------------------------------------------
+
+    def regulate(self, voltage_V: float, source_limit_A: float, sink_limit_A: float,
+                 source_power_W: float | None = None, sink_power_W: float | None = None) -> None:
+        if source_power_W is not None or sink_power_W is not None:
+            self._refuse("the N6781A driver has no power limit (has_power_limits is False)")
+        wanted = {"voltage_V": voltage_V, "source_limit_A": source_limit_A, "sink_limit_A": sink_limit_A}
+        cls = type(self)
+        for name, value in wanted.items():
+            getattr(cls, name).check(self, value)
+        present = self._range
+        if voltage_V > present.voltage_V:
+            self._refuse(f"{voltage_V:g} V is beyond the {present.voltage_V:g} V range (chosen by set_protection "
+                         "from the over-voltage threshold)")
+        for name in self.LIMITS:
+            if wanted[name] > present.current_A:
+                self._refuse(f"{name} = {wanted[name]:g} A is beyond the {present.voltage_V:g} V range's "
+                             f"{present.current_A:g} A")
+            if self._over_current_ceiling_A is not None and wanted[name] > self._over_current_ceiling_A:
+                self._refuse(f"{name} = {wanted[name]:g} A is above the armed over-current threshold "
+                             f"({self._over_current_ceiling_A:g} A)")
+        if self._over_voltage_level_V is not None and voltage_V > self._over_voltage_level_V:
+            self._refuse(f"{voltage_V:g} V is above its armed over-voltage protection level "
+                         f"({self._over_voltage_level_V:g} V)")
+        changed = {name: value for name, value in wanted.items() if self._sent.get(name) != value}
+        if changed:
+            self.set_many(self._in_safe_order(changed))
+            self._sent.update(changed)
+        self._regulated = True
+
+    def _in_safe_order(self, changed: dict[str, float]) -> dict[str, float]:
+        """Falling limits, then the voltage, then rising limits: between two commands no more
+        current flows either way than the old or the new setting allows. A limit whose value in
+        force is unknown (never sent) goes first, as a falling one."""
+        falling = [name for name in self.LIMITS if name in changed and changed[name] < self._sent.get(name, math.inf)]
+        rising = [name for name in self.LIMITS if name in changed and name not in falling]
+        order = falling + (["voltage_V"] if "voltage_V" in changed else []) + rising
+        return {name: changed[name] for name in order}
+
+    def set_output(self, on: bool) -> None:
+        if on and not self._regulated:
+            raise InstrumentError(f"{self._where()}: output on without a regulate() first: nothing to drive to")
+        self.output = on
+
+    def output_is_on(self) -> bool:
+        return self.output
+
+    def questionable(self) -> int:
+        """The questionable status condition register of the channel (bits in the module notes)."""
+        return int(parse_number(self.query(f"STAT:QUES:COND? {self.command_fields['channels']}")))
+
+    def regulation(self) -> Regulation:
+        """What the output regulates now: its voltage (CV) or one of its current limits."""
+        condition = self.questionable()
+        if condition & LIMIT_POSITIVE:
+            return "CL+"
+        if condition & LIMIT_NEGATIVE:
+            return "CL-"
+        return "CV"
+
+    # --- measurement and health -------------------------------------------------------------
+
+    def measure(self) -> tuple[float, float]:
+        channels = self.command_fields["channels"]
+        voltage = parse_number(self.query(f"MEAS:VOLT? {channels}"))
+        current = parse_number(self.query(f"MEAS:CURR? {channels}"))
+        return voltage, current  # + out of the + terminal into the DUT: + = charge
+
+    def _raise_on_faults(self) -> None:
+        condition = self.questionable()
+        problems = [text for bit, text in QUESTIONABLE_FAULTS.items() if condition & bit]
+        if problems:
+            raise InstrumentError(f"{self._where()} reports {'; '.join(problems)} (STAT:QUES:COND? = {condition}; "
+                                  "the output stays off until the cause is found and the protection is cleared: "
+                                  f"OUTP:PROT:CLE {self.command_fields['channels']} or the front panel)")
+
+    def check_errors(self) -> None:
+        self.check_error_queue()
+        self._raise_on_faults()
+
+    # --- the way out -----------------------------------------------------------------------
+
+    def safe_state(self) -> None:
+        # Sent unchecked first, so that a full error queue cannot delay the switch-off.
+        self._sent.clear()
+        self._regulated = False
+        self.write(f"OUTP OFF,{self.command_fields['channels']}")
+        if self.output:
+            raise InstrumentError(f"{self._where()}: output still on after OUTP OFF")
