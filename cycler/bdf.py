@@ -3,8 +3,8 @@
 BDF rules followed (battery-testing.md §13.1, ontology 1.3.0): one file per test object, a
 header of "Quantity / unit" labels, current positive for charge, the extension `.bdf.csv` /
 `.bdf.parquet`, metadata in the sidecar `x.bdf.metadata.json`. BDF has no per-layer columns yet (BDF#37):
-layer voltages keep their extension names. Pressure, which runs log in MPa, is written as
-BDF `Applied Pressure / Pa` (the fixture applies it).
+layer voltages keep their extension names, as does the chamber's air temperature. Pressure,
+which runs log in MPa, is written as BDF `Applied Pressure / Pa` (the fixture applies it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ FORMATS = {"bdf-csv": ".bdf.csv", "parquet": ".bdf.parquet", "xlsx": ".bdf.xlsx"
 APPLIED_PRESSURE = "Applied Pressure / Pa"
 EXCEL_MAX_ROWS = 1_048_576 - 1  # rows of an Excel sheet, less the header (Excel specifications)
 UNIT = re.compile(r" / (.+)$")
+# The BDF ontology 1.3.0 labels we write (battery-testing.md §13.1); any other column (layer
+# voltages, the chamber's air) is an extension and is listed as one in the sidecar.
+BDF_LABELS = {
+    "Test Time / s", "Voltage / V", "Current / A", "Unix Time / s", "Cycle Count / 1", "Step Count / 1",
+    "Step ID", "Step Type", "Step Time / s", "Record Index / 1", "Step Record Index / 1", "Power / W",
+    "Charging Capacity / Ah", "Discharging Capacity / Ah", "Charging Energy / Wh", "Discharging Energy / Wh",
+    "Ambient Temperature / degC", "Surface Temperature / degC", APPLIED_PRESSURE, "Surface Pressure / Pa",
+    *(f"Temperature T{k} / degC" for k in range(1, 6)),
+}
 
 
 def bdf_frame(data: Dataset, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -87,7 +96,7 @@ def metadata(data: Dataset, frame: pd.DataFrame) -> dict[str, Any]:
         "test_object": data.dut or None,
         "columns": [{"label": name, "unit": (UNIT.search(name).group(1) if UNIT.search(name) else None)}
                     for name in frame.columns],
-        "extension_columns": [name for name in frame.columns if name.startswith("Layer ")],
+        "extension_columns": [name for name in frame.columns if name not in BDF_LABELS],
         "test": {key: meta[key] for key in ("protocol", "bench", "instruments", "operator", "started", "ended",
                                             "state", "reason", "software", "safety_envelope") if key in meta},
     }

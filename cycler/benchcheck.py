@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bench import BenchFile
-from .channel import Channel
+from .channel import Channel, chamber_for
 from .errors import ExitCode, StackcyclerError
 from .safety import SafetyEnvelope
 from .session import drive_for, open_bench
@@ -70,7 +70,7 @@ def check_bench(bench: BenchFile) -> BenchCheck:
         finally:
             opened.close()
     for channel_name, config in bench.config.channels.items():
-        needed = {*config.drive_instruments().values(), *config.meter_names()}
+        needed = config.instrument_names()
         if not needed <= answering:
             report.add(False, f"channel {channel_name}: not checked, {', '.join(sorted(needed - answering))} "
                               "did not answer")
@@ -84,7 +84,8 @@ def _check_channel(bench: BenchFile, name: str, instruments: set[str], report: B
     opened = open_bench(bench, instruments, speed=None, holder="cycler bench check")
     try:
         channel = Channel(name, config, drive_for(config, opened.drivers),
-                          {meter: opened.drivers[meter] for meter in config.meter_names()}, opened.clock)
+                          {meter: opened.drivers[meter] for meter in config.meter_names()}, opened.clock,
+                          chamber_for(config, opened.drivers))
         report.add(not channel.drive.output_found_on,
                    f"channel {name}: outputs off" if not channel.drive.output_found_on else
                    f"channel {name}: an output was found ON at connect (switched off)")
@@ -115,6 +116,8 @@ def _check_sample(name: str, config, sample, report: BenchCheck) -> None:
     temperatures = dict(sample.temperatures_degC)
     if sample.ambient_degC is not None:
         temperatures["ambient"] = sample.ambient_degC
+    if sample.chamber_degC is not None:
+        temperatures["chamber"] = sample.chamber_degC
     for sensor, value in temperatures.items():
         report.add(math.isfinite(value) and low <= value <= high,
                    f"channel {name}: temperature {sensor} {value:.2f} °C (plausible {low:g} to {high:g} °C)")

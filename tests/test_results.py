@@ -398,3 +398,9 @@ def test_a_run_on_a_dut_with_mass_and_volume_reports_its_energy_densities(sim_ru
     assert summary[C["energy_density_Wh_per_L"]].iloc[0] == pytest.approx(energy / dut["volume_L"])
     from stackcycler.analysis import fixture_note
     assert fixture_note(dut) is None  # the bench says the fixture is excluded
+
+
+def test_the_sidecar_lists_every_column_outside_the_bdf_ontology_as_an_extension(sim_run, tmp_path):
+    _, sidecar = export(load(sim_run.outcome.folder), "bdf-csv", tmp_path / "x.bdf.csv")
+    extensions = json.loads(sidecar.read_text())["extension_columns"]
+    assert extensions == [f"Layer {k:02d} Voltage / V" for k in range(1, 24)]  # pressure became Applied Pressure / Pa
