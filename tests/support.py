@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from stackcycler.errors import InstrumentTimeout
@@ -170,3 +173,82 @@ class RequestAt(SilentReporter):
             _, request = self.requests.pop(0)
             post_request(self.folder_of(), request)
             time.sleep(0.3)  # the runner looks at most every 0.25 s of wall time
+
+
+ByteScript = list[tuple[bytes, "bytes | None"]]  # (expected frame, reply bytes or None), in order
+
+
+class ScriptedByteTransport:
+    """Plays a binary instrument from a script of (expected frame, reply bytes or None), in order."""
+
+    resource = "ASRL/dev/ttyUSB0::INSTR"
+
+    def __init__(self, script: "ByteScript"):
+        self.script = list(script)
+        self.pending = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert self.script, f"unexpected frame {data.hex(' ')}: the script is finished"
+        expected, answer = self.script.pop(0)
+        assert data == expected, f"sent {data.hex(' ')}, expected {expected.hex(' ')}"
+        if answer is not None:
+            self.pending += answer
+
+    def read(self, n: int) -> bytes:
+        if len(self.pending) < n:
+            got = len(self.pending)
+            self.pending.clear()
+            raise InstrumentTimeout(f"{self.resource}: no complete reply (timeout after {got} of {n} bytes)")
+        data = bytes(self.pending[:n])
+        del self.pending[:n]
+        return data
+
+    def discard_input(self) -> None:
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def done(self) -> None:
+        assert not self.script, f"frames never sent: {[sent.hex(' ') for sent, _ in self.script]}"
+        assert not self.pending, f"reply bytes never read: {self.pending.hex(' ')}"
+
+
+class PtyDevice:
+    """A simulated serial instrument (anything with `receive(bytes) -> bytes`) on the far side of a
+    pseudo-terminal, as on a USB-serial adapter; `truncate` cuts every reply to that many bytes.
+    Its thread is stopped and joined before the terminal's descriptors are closed, so that it never
+    reads from a descriptor number the next test's terminal has been given."""
+
+    def __init__(self, device, truncate: int | None = None):
+        self.device = device
+        self.truncate = truncate
+        self.master, self._slave = os.openpty()
+        self.port = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self.master], [], [], 0.05)[0]:
+                continue
+            try:
+                data = os.read(self.master, 256)
+            except OSError:
+                return
+            answer = self.device.receive(data)[:self.truncate]
+            if answer:
+                os.write(self.master, answer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._slave)
+        os.close(self.master)
+
+
+needs_pty = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+
+

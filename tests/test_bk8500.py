@@ -10,11 +10,10 @@ manual's own worked examples. Replies the tests play back are built with `reply(
 from __future__ import annotations
 
 import math
-import os
-import threading
 
 import pytest
 from pydantic import ValidationError
+from support import ByteScript, PtyDevice, ScriptedByteTransport, needs_pty
 
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.bk8500 import (FRAME_LENGTH, MODEL_RATINGS, Bk8500, FrameError, InputState, checksum,
@@ -117,44 +116,6 @@ def test_decode_frame_catches_a_flipped_data_bit_through_the_checksum():
 
 # --- the driver at byte level --------------------------------------------------------------------
 
-ByteScript = list[tuple[bytes, "bytes | None"]]
-
-
-class ScriptedByteTransport:
-    """Plays a load from a script of (expected frame, reply bytes or None), in order."""
-
-    resource = "ASRL/dev/ttyUSB0::INSTR"
-
-    def __init__(self, script: ByteScript):
-        self.script = list(script)
-        self.pending = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert self.script, f"unexpected frame {data.hex(' ')}: the script is finished"
-        expected, answer = self.script.pop(0)
-        assert data == expected, f"sent {data.hex(' ')}, expected {expected.hex(' ')}"
-        if answer is not None:
-            self.pending += answer
-
-    def read(self, n: int) -> bytes:
-        if len(self.pending) < n:
-            got = len(self.pending)
-            self.pending.clear()
-            raise InstrumentTimeout(f"{self.resource}: no complete reply (timeout after {got} of {n} bytes)")
-        data = bytes(self.pending[:n])
-        del self.pending[:n]
-        return data
-
-    def discard_input(self) -> None:
-        self.pending.clear()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def done(self) -> None:
-        assert not self.script, f"frames never sent: {[sent.hex(' ') for sent, _ in self.script]}"
-        assert not self.pending, f"reply bytes never read: {self.pending.hex(' ')}"
 
 
 def state_reply(volts: float = 0.0, amps: float = 0.0, operation: int = 0x04, demand: int = 0x40) -> bytes:
@@ -824,45 +785,10 @@ def test_a_serial_port_that_cannot_be_opened_is_a_link_error():
         SerialByteTransport("/dev/nonexistent-bk8500-port", timeout_s=0.1)
 
 
-class PtyLoad:
-    """A simulated load on the far side of a pseudo-terminal, as on a USB-serial adapter.
-    `truncate` cuts every reply to that many bytes."""
-
-    def __init__(self, sim: SimBk8500, truncate: int | None = None):
-        self.sim = sim
-        self.truncate = truncate
-        self.master, slave = os.openpty()
-        self.port = os.ttyname(slave)
-        self._slave = slave
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 256)
-            except OSError:
-                return
-            if not data:
-                return
-            answer = self.sim.receive(data)
-            if self.truncate is not None:
-                answer = answer[:self.truncate]
-            if answer:
-                os.write(self.master, answer)
-
-    def close(self) -> None:
-        os.close(self._slave)
-        os.close(self.master)
-
-
-needs_pty = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-
-
 @needs_pty
 def test_the_driver_reaches_the_simulator_over_a_serial_port():
     sim, world, _ = simulated_load()
-    served = PtyLoad(sim)
+    served = PtyDevice(sim)
     try:
         load = Bk8500(SerialByteTransport(served.port, baud_rate=9600, timeout_s=2.0))
         assert load.connect() == IDENTITY
@@ -877,7 +803,7 @@ def test_the_driver_reaches_the_simulator_over_a_serial_port():
 
 @needs_pty
 def test_a_partial_reply_over_the_serial_port_times_out_naming_the_bytes_that_came():
-    served = PtyLoad(simulated_load()[0], truncate=10)
+    served = PtyDevice(simulated_load()[0], truncate=10)
     try:
         load = Bk8500(SerialByteTransport(served.port, timeout_s=0.2))
         with pytest.raises(InstrumentTimeout, match="after 10 of 26 bytes"):

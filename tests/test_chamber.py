@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import select
-import threading
 
 import pytest
-from support import StopAfter, events_of, samples_of
-from test_bk8500 import ScriptedByteTransport, needs_pty
+from support import PtyDevice, ScriptedByteTransport, StopAfter, events_of, needs_pty, samples_of
 
 from stackcycler.bench import load_bench
 from stackcycler.clock import VirtualClock
@@ -424,44 +420,10 @@ def test_the_driver_runs_the_simulated_chamber_and_reads_its_air():
         chamber.check_errors()
 
 
-class PtyChamber:
-    """A simulated chamber on the far side of a pseudo-terminal, as on a USB-serial adapter;
-    `truncate` cuts every reply to that many bytes. Its thread is stopped and joined before the
-    terminal's descriptors are closed, so that it never reads from a descriptor number the next
-    test's terminal has been given."""
-
-    def __init__(self, sim: SimEspecChamber, truncate: int | None = None):
-        self.sim = sim
-        self.truncate = truncate
-        self.master, self._slave = os.openpty()
-        self.port = os.ttyname(self._slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.master], [], [], 0.05)[0]:
-                continue
-            try:
-                data = os.read(self.master, 256)
-            except OSError:
-                return
-            answer = self.sim.receive(data)[:self.truncate]
-            if answer:
-                os.write(self.master, answer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        os.close(self._slave)
-        os.close(self.master)
-
-
 @needs_pty
 def test_the_driver_reaches_the_simulator_over_a_serial_port():
     sim, world, clock = simulated_chamber()
-    served = PtyChamber(sim)
+    served = PtyDevice(sim)
     try:
         chamber = EspecChamber(SerialByteTransport(served.port, baud_rate=9600, timeout_s=2.0))
         assert chamber.connect().startswith("ESPEC,S2 controller")
@@ -477,7 +439,7 @@ def test_the_driver_reaches_the_simulator_over_a_serial_port():
 
 @needs_pty
 def test_a_reply_cut_short_on_the_serial_port_times_out_naming_the_bytes_that_came():
-    served = PtyChamber(simulated_chamber()[0], truncate=5)
+    served = PtyDevice(simulated_chamber()[0], truncate=5)
     chamber = EspecChamber(SerialByteTransport(served.port, timeout_s=0.2))
     try:
         with pytest.raises(InstrumentTimeout, match=re.escape("timeout after b'T,S2,'")):
