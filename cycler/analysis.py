@@ -256,8 +256,8 @@ def _cv_found_in_data(samples: pd.DataFrame, steps: Groups, types: np.ndarray) -
     final_v = v[steps.last][row_step]
     entered = ((eligible & charging)[row_step] & (i < CV_CURRENT_FRACTION * steps.reduce(i, "max")[row_step])
                & (np.abs(v - final_v) <= CV_VOLTAGE_FRACTION * np.abs(final_v)))
-    rows = np.arange(len(v))
-    first_entered = steps.reduce(np.where(entered, rows, len(v)).astype(float), "min")
+    rows = np.arange(len(v), dtype=np.int32 if len(v) < 2**31 else np.int64)
+    first_entered = steps.reduce(np.where(entered, rows, len(v)), "min")  # per step; len(v): never
     return rows >= first_entered[row_step]
 
 
