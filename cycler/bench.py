@@ -32,6 +32,7 @@ from .safety import SafetyLimits
 from .validation import builtin_files, find_data_file, parse_data_text, read_text, validate_data
 
 MAX_EXTENDS_DEPTH = 8
+MAX_TICK_S = 60.0
 BENCH_SUFFIXES = (".toml", ".yaml", ".yml")  # TOML is the bench format; YAML is read as well
 
 
@@ -144,7 +145,9 @@ class ChannelConfig(_Strict):
     supply: str | None = Field(None, description=DRIVE_ROLES["supply"][0])
     source: str | None = Field(None, description=DRIVE_ROLES["source"][0])
     load: str | None = Field(None, description=DRIVE_ROLES["load"][0])
-    tick_s: float = Field(1.0, gt=0, description="control and measurement period")
+    # Safety limits are checked once a tick: a tick of minutes would let a stack run past them
+    # (the reliability campaign's 1e9 s tick reached 115 V before its first check).
+    tick_s: float = Field(1.0, gt=0, le=MAX_TICK_S, description="control and measurement period, at most 60 s")
     layer_voltages: LayerVoltageInputs | None = None
     temperatures: list[TemperatureInput] = Field(default_factory=list)
     pressure: PressureInput | None = None

@@ -55,3 +55,10 @@ def test_a_yaml_bench_still_reads_and_may_extend_a_toml_one(tmp_path):
     path.write_text("extends: sim\nname: mine\nchannels:\n  stack1:\n    tick_s: 0.5\n")
     bench = load_bench(str(path))
     assert bench.config.name == "mine" and bench.config.channels["stack1"].tick_s == 0.5
+
+
+def test_a_tick_too_long_for_safety_checks_is_refused(tmp_path):
+    path = tmp_path / "slow.toml"
+    path.write_text('extends = "sim"\n\n[channels.stack1]\ntick_s = 1e9\n')
+    with pytest.raises(InvalidInput, match=r"slow\.toml, line 4: 'channels\.stack1\.tick_s': .*less than or equal to 60"):
+        load_bench(str(path))

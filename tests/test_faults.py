@@ -76,7 +76,8 @@ def test_a_bench_file_carries_a_fault_schedule(tmp_path):
     bench = load_bench(bench_with_faults(
         tmp_path, "{at_s: 1200, instrument: daq, kind: no_reply, for_s: 30}",
         "{at_s: 600, instrument: supply, kind: garbage, count: 1}",
-        "{at_s: 900, kind: layer_short, layer: 7, resistance_ohm: 5}", "{at_s: 0, kind: pressure_drift, MPa_per_h: -0.5}"))
+        "{at_s: 900, kind: layer_short, layer: 7, resistance_ohm: 5}",
+        "{at_s: 0, kind: pressure_drift, MPa_per_h: -0.5}"))
     faults = bench.config.simulation.faults
     assert [f.kind for f in faults] == ["no_reply", "garbage", "layer_short", "pressure_drift"]
     assert (faults[0].instrument, faults[0].for_s) == ("daq", 30)

@@ -226,11 +226,10 @@ class PressureDrift(_OnStack):
         world.stack.drift_pressure(self.MPa_per_h / 3600.0)
 
 
-Fault = Annotated[Union[NoReply, LateReply, Garbage, Truncated, Disconnect, ErrorReport, ProtectionTrip,
-                        ThermocoupleOpen, LayerShort, PressureDrift], Field(discriminator="kind")]
-FAULT_KINDS = ("no_reply", "late", "garbage", "truncated", "disconnect", "error", "protection_trip",
-               "thermocouple_open", "layer_short", "pressure_drift")
-LINK_KINDS = ("no_reply", "late", "garbage", "truncated", "disconnect")
+FAULT_CLASSES = (NoReply, LateReply, Garbage, Truncated, Disconnect, ErrorReport, ProtectionTrip, ThermocoupleOpen,
+                 LayerShort, PressureDrift)
+Fault = Annotated[Union[FAULT_CLASSES], Field(discriminator="kind")]
+FAULT_KINDS = tuple(fault.model_fields["kind"].default for fault in FAULT_CLASSES)
 
 
 def fault_problems(faults: list[_Fault], stacks: dict[str, int],
@@ -269,16 +268,18 @@ class FaultInjector:
         for name, indices in on_link.items():
             instruments[name].link_faults = LinkFaults(self, indices)
 
-    def note(self, index: int) -> None:
+    def note(self, index: int, at_s: float | None = None) -> None:
+        """Fault `index` has acted (now, or at `at_s`)."""
         self.applied[index] += 1
         if self.first_applied_s[index] is None:
-            self.first_applied_s[index] = self.clock.now()
+            self.first_applied_s[index] = self.clock.now() if at_s is None else at_s
 
     def _form(self, index: int, instrument, world: SimWorld) -> None:
         if self.applied[index]:
             return  # formed before a snapshot this simulation was restored from: its effect is in the state
-        self.faults[index].form(instrument, world)
-        self.note(index)
+        fault = self.faults[index]
+        fault.form(instrument, world)
+        self.note(index, fault.at_s)  # the world makes it at its time, however much later the sync
 
     def report(self) -> list[dict]:
         """Per fault: what it was, how often it acted and when first (None: it never did)."""

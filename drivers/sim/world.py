@@ -29,6 +29,9 @@ from .stack import StackModel
 
 # Longest interval integrated with one constant current; well below the RC time constant.
 MAX_STEP_S = 1.0
+# A gap longer than this many steps (over a day) is integrated in longer steps: a bench file with a tick
+# of years must not keep the simulation busy for hours.
+MAX_STEPS_PER_INTERVAL = 100_000
 
 
 class TerminalSource(Protocol):
@@ -117,7 +120,7 @@ class SimWorld:
         dt = t - self._t
         if dt <= 0:
             return False
-        steps = max(1, math.ceil(dt / MAX_STEP_S))
+        steps = min(max(1, math.ceil(dt / MAX_STEP_S)), MAX_STEPS_PER_INTERVAL)
         h = dt / steps
         for _ in range(steps):
             self.stack.advance(self._present_current(), h)

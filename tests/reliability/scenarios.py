@@ -49,6 +49,7 @@ from stackcycler.errors import ExitCode, InvalidInput, StackcyclerError
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import RunRequest, execute, prepare
+from stackcycler.store import EVENTS_FILE, read_events
 
 # --- what a scenario reports ----------------------------------------------------------------------------
 
@@ -99,7 +100,8 @@ def safe_ending_problems(result, expected_states: tuple[str, ...]) -> list[str]:
     """An ending among `expected_states`, the outputs confirmed off and every simulated output off."""
     outcome, problems = result.outcome, []
     check(problems, outcome.state in expected_states,
-          f"ended {outcome.state} (exit {int(outcome.exit_code)}: {outcome.reason}), expected {' or '.join(expected_states)}")
+          f"ended {outcome.state} (exit {int(outcome.exit_code)}: {outcome.reason}), "
+          f"expected {' or '.join(expected_states)}")
     check(problems, outcome.outputs_confirmed_off, f"outputs not confirmed off ({outcome.reason})")
     events = [e["event"] for e in events_of(result)]
     check(problems, events[-2:] == ["safe_state", "run_end"], f"the run's last events are {events[-3:]}")
@@ -128,18 +130,20 @@ LOST_WALL_S = 1.0  # a kill may lose what was logged in the last second before i
 COUNTERS = ("Charging Capacity / Ah", "Discharging Capacity / Ah")
 
 
-def crash(workdir: Path, rng: random.Random, cycles: int = 2, kills: int = 3, speed: str = "2000") -> ScenarioResult:
-    """One run of a `cycles`-cycle test killed `kills` times; each kill and the finished run are trials."""
+def crash(workdir: Path, rng: random.Random, cycles: int = 4, kills: int = 3, speed: str = "5000") -> ScenarioResult:
+    """One run of a `cycles`-cycle test killed `kills` times; each kill and the finished run are trials.
+    A resumed run goes at full speed and makes its rows durable every half second, hundreds of rows at a
+    time, so each kill takes the run some way on: `cycles` must leave room for `kills` (about 1 cycle each)."""
     result = ScenarioResult("crash")
     protocol = workdir / "crash-cycles.yaml"
     protocol.write_text(CRASH_PROTOCOL.format(cycles=cycles))
     reference = pd.read_csv(run_in_process(str(protocol), "sim", workdir / "reference").outcome.folder / "samples.csv")
-    # up to three quarters in: a resumed run goes at full speed, and a kill is some tenths of a second late
-    targets = sorted(rng.sample(range(len(reference) // 20, len(reference) * 3 // 4), kills))
+    targets = sorted(rng.sample(range(len(reference) // 20, len(reference) * 6 // 10), kills))
     process, samples = start_logging_run(workdir, targets[0], protocol=str(protocol), speed=speed,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = samples.parent
     kill_log = []
+    running_since = 0.0  # wall time the present process took over the run (the first: before its checkpoint)
     for k, target in enumerate(targets):
         if k > 0:
             # A resume's gap is the wall time since the checkpoint times the speed: at high speed that
@@ -148,19 +152,28 @@ def crash(workdir: Path, rng: random.Random, cycles: int = 2, kills: int = 3, sp
             process = subprocess.Popen(cycler_command("resume", str(folder), "--yes", "--speed", "max"), cwd=workdir,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             _wait_for_resumes(folder, k, process)
+            running_since = time.time()
+            # the run may have got past this target before the last kill: then kill it a little later
+            target = max(target, len(data_rows(samples)) + rng.randint(1, 30))
             if not wait_for_rows(samples, target, process):
-                result.judge([f"the run ended (exit {process.returncode}) before row {target}"], f"kill {k + 1}")
-                break
-        time.sleep(rng.uniform(0.0, 0.3))  # at a random phase of the half-second checkpoints
+                if process.returncode != ExitCode.COMPLETED:
+                    result.judge([f"the resumed run ended (exit {process.returncode}) before row {target}"],
+                                 f"kill {k + 1}")
+                break  # completed: the test ran out before the kills did
+        time.sleep(rng.uniform(0.0, 0.5))  # at a random phase of the half-second checkpoints
         killed_at = time.time()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         checkpoint = json.loads((folder / "checkpoint.json").read_text())
-        lost_wall_s = killed_at - checkpoint["wall_unix_time_s"]
+        # what this process logged and never made durable: since its last checkpoint, or since it took over
+        lost_wall_s = killed_at - max(checkpoint["wall_unix_time_s"], running_since)
+        if process.returncode == ExitCode.COMPLETED:
+            break  # it completed while the kill waited: the test ran out before the kills did
         kill_log.append({"row_target": target, "test_time_s": checkpoint["test_time_s"],
                          "lost_wall_s": round(lost_wall_s, 3)})
         problems = []
-        check(problems, process.returncode == -signal.SIGKILL, f"it had ended (exit {process.returncode}) before the kill")
+        check(problems, process.returncode == -signal.SIGKILL,
+              f"it had ended (exit {process.returncode}) before the kill")
         check(problems, lost_wall_s <= LOST_WALL_S, f"the last checkpoint was {lost_wall_s:.2f} s of wall time "
                                                     f"before the kill (more than {LOST_WALL_S} s of data lost)")
         result.judge(problems, f"kill {k + 1} at row {target}")
@@ -175,14 +188,15 @@ def crash(workdir: Path, rng: random.Random, cycles: int = 2, kills: int = 3, sp
     resumes = [e for e in events_of(folder) if e["event"] == "resumed"]
     result.rows_lost = sum(e["rows_after_checkpoint_dropped"] for e in resumes)
     result.judge(problems, "the resumed run against the uninterrupted one")
-    result.details = {"cycles": cycles, "speed": speed, "rows_uninterrupted": len(reference), "kills": kill_log}
+    result.details = {"cycles": cycles, "speed": speed, "rows_uninterrupted": len(reference), "kills": kill_log,
+                      "kills_not_made": kills - len(kill_log)}
     return result
 
 
 def _wait_for_resumes(folder: Path, resumes: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
     """Until the run folder shows `resumes` resumes: the new process has cut the file and carries on."""
     deadline = time.monotonic() + timeout_s
-    while sum(e["event"] == "resumed" for e in events_of(folder)) < resumes:
+    while sum(e["event"] == "resumed" for e in read_events(folder / EVENTS_FILE)) < resumes:  # as it is written
         if process.poll() is not None or time.monotonic() > deadline:
             return
         time.sleep(0.01)
@@ -201,10 +215,11 @@ def _crashed_run_problems(folder: Path, reference: pd.DataFrame) -> list[str]:
     check(problems, (meta["state"], meta.get("resumed_times")) == ("completed", len(resumes)),
           f"run.json says {meta['state']}, resumed {meta.get('resumed_times')} times; expected completed, "
           f"{len(resumes)} (the resumed events)")
-    # Before the first resume point the run is the uninterrupted one, row for row.
+    # Before the first resume point the run is the uninterrupted one, row for row. (At the point itself a
+    # row taken right after the output switched may have been cut: the resume measures it again.)
     first = resumes[0]["from_test_time_s"]
-    before = samples[samples["Test Time / s"] <= first].reset_index(drop=True)
-    expected = reference[reference["Test Time / s"] <= first].reset_index(drop=True)
+    before = samples[samples["Test Time / s"] < first].reset_index(drop=True)
+    expected = reference[reference["Test Time / s"] < first].reset_index(drop=True)
     if not without_wall_clock(before).equals(without_wall_clock(expected)):
         problems.append(f"the rows up to the first resume point ({first} s) differ from the uninterrupted run's")
     # The same program ran: the same steps in the same cycles, in the same order.
@@ -260,7 +275,8 @@ def random_fault(kind: str, rng: random.Random) -> dict:
     if kind == "no_reply":
         return {"kind": kind, "instrument": instrument, "at_s": at(ANY_TIME_S), "for_s": round(rng.uniform(2, 60), 1)}
     if kind == "late":
-        return {"kind": kind, "instrument": instrument, "at_s": at(ANY_TIME_S), "delay_s": round(rng.uniform(2.1, 8), 2)}
+        return {"kind": kind, "instrument": instrument, "at_s": at(ANY_TIME_S),
+                "delay_s": round(rng.uniform(2.1, 8), 2)}
     if kind in ("garbage", "truncated"):
         return {"kind": kind, "instrument": instrument, "at_s": at(ANY_TIME_S), "count": rng.randint(1, 3)}
     if kind == "disconnect":
@@ -405,6 +421,8 @@ def _fuzzed_run(workdir: Path, bench: str, protocol: Path) -> tuple[str, list[st
         run = execute(prepare(request), WallBudget(stop, FUZZED_RUN_WALL_S), stop)
     except StackcyclerError as refused:  # refused before anything was switched on: bad input, no instrument
         return "refused", [] if str(refused) else ["refused without saying why"]
+    except Exception as crash:  # a bug: said so with the input that found it
+        return "crashed", [f"{type(crash).__name__}: {crash}"]
     return run.outcome.state, safe_ending_problems(run, RUN_ENDINGS)
 
 
@@ -532,7 +550,8 @@ def many_channel_bench(channels: int = 8, layers: int = LOAD_LAYERS) -> dict:
     wiring, instruments, bench_channels = {}, {}, {}
     for k, name in enumerate(stacks):
         inputs = daq_inputs[per_stack * k: per_stack * (k + 1)]
-        wiring[name] = {"layer_channels": ",".join(map(str, inputs[:layers])), "thermocouples": {inputs[layers]: "stack"},
+        wiring[name] = {"layer_channels": ",".join(map(str, inputs[:layers])),
+                        "thermocouples": {inputs[layers]: "stack"},
                         "load_cell_channel": inputs[layers + 1]}
         instruments[f"supply{k + 1}"] = {"kind": "ea-psb-10000", "stack": name, "serial": f"23061700{k + 1:02d}"}
         bench_channels[f"stack{k + 1}"] = {
@@ -616,7 +635,8 @@ def load(workdir: Path, rng: random.Random, channels: int = 8, cycles: int = 1) 
         result.judge([f"{len(folders)} run folders for {channels} channels"], "channels")
     try:
         hammered = json.loads(out.strip().splitlines()[-1])
-        problems = [f"{hammered['error_count']} status queries failed: {hammered['errors']}"] if hammered["error_count"] else []
+        failed = hammered["error_count"]
+        problems = [f"{failed} status queries failed: {hammered['errors']}"] if failed else []
         check(problems, hammered["queries"] > channels, f"only {hammered['queries']} status queries were made")
     except (IndexError, ValueError, KeyError):
         hammered, problems = {}, [f"the status process said nothing readable: {out[-500:]} {err[-500:]}"]
@@ -655,7 +675,8 @@ FULL_DISK_RUN = textwrap.dedent("""\
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
-    original_init, original_append, original_atomic = store.RunStore.__init__, store.RunStore.append_sample, store.atomic_write_text
+    original_init, original_append = store.RunStore.__init__, store.RunStore.append_sample
+    original_atomic = store.atomic_write_text
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         self._samples, self._events = FillingFile(self._samples, True), FillingFile(self._events, False)
@@ -667,7 +688,8 @@ FULL_DISK_RUN = textwrap.dedent("""\
         if disk["full"]:
             no_space()
         return original_atomic(*args, **kwargs)
-    store.RunStore.__init__, store.RunStore.append_sample, store.atomic_write_text = init, append_sample, atomic_write_text
+    store.RunStore.__init__, store.RunStore.append_sample = init, append_sample
+    store.atomic_write_text = atomic_write_text
 
     original_build = session.build_simulation
     def build_simulation(config, clock):
@@ -725,8 +747,8 @@ def full_disk(workdir: Path, rng: random.Random, trials: int = 1) -> ScenarioRes
 Scenario = Callable[..., ScenarioResult]
 SCENARIOS: dict[str, Scenario] = {"crash": crash, "faults": faults, "input": fuzz_input, "load": load,
                                   "disk": full_disk}
-SHORT = {"crash": {"cycles": 2, "kills": 3}, "faults": {"per_kind": 1}, "input": {"examples": 20},
+SHORT = {"crash": {"cycles": 4, "kills": 3}, "faults": {"per_kind": 1}, "input": {"examples": 20},
          "load": {"channels": 8, "cycles": 1}, "disk": {"trials": 2}}
 # A simulated week of load at about 2.4 h a cycle.
-LONG = {"crash": {"cycles": 6, "kills": 30}, "faults": {"per_kind": 10}, "input": {"examples": 300},
+LONG = {"crash": {"cycles": 30, "kills": 30}, "faults": {"per_kind": 10}, "input": {"examples": 300},
         "load": {"channels": 8, "cycles": math.ceil(7 * 86400 / CYCLE_S)}, "disk": {"trials": 20}}
