@@ -27,6 +27,11 @@ from stackcycler.live import SilentReporter
 from stackcycler.operation import post_request
 
 # The capacity check at 1C with one-minute rests: the same steps, a fifth of the ticks.
+# Real Bitrode recordings of a 2013 Nissan Leaf cell (ORNL, MIT licence; see its README.md),
+# kept with the tests so that they run wherever the repository is cloned.
+LEAF_DATA = Path(__file__).resolve().parent / "data" / "nissan-leaf-cell"
+LEAF_CYCLING = LEAF_DATA / "NissanLeaf-cell-Cycling-10C-24C-40C.csv"
+
 QUICK = {"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0}
 
 

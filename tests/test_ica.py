@@ -4,11 +4,12 @@ the model's truth on the simulated stack, plausible and charge-conserving on a r
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from support import LEAF_CYCLING
 
 from stackcycler.dataset import load
 from stackcycler.errors import InvalidInput
@@ -20,7 +21,7 @@ from stackcycler.ica import FWHM_PER_SIGMA, differential_voltage, incremental_ca
 # 3.84 V, 4 Ah/V, a 20 mV plateau of 10 Ah/V centred on 3.57 V, 4 Ah/V.
 CELL_AH = (0.0, 1.0, 1.4, 2.4, 2.6, 3.0)
 CELL_V = (4.10, 3.85, 3.83, 3.58, 3.56, 3.46)
-LEAF = Path("/work/shared/data/nissan-leaf-cell/NissanLeaf-cell-Cycling-10C-24C-40C.csv")
+LEAF = LEAF_CYCLING
 
 
 def cell(current_A: float = -3.6, noise_V: float = 0.0, seed: int = 0) -> pd.DataFrame:
@@ -181,8 +182,6 @@ def test_a_simulated_layers_dq_dv_is_its_capacity_per_volt_on_a_straight_ocv_seg
 
 @pytest.fixture(scope="module")
 def leaf() -> pd.DataFrame:
-    if not LEAF.exists():
-        pytest.skip(f"{LEAF} not present")
     return load(LEAF).samples
 
 

@@ -3,12 +3,11 @@ found after the fact; exact on hand-built layers, the model's truth on the simul
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from support import events_of
+from support import LEAF_CYCLING, events_of
 
 from stackcycler.dataset import load
 from stackcycler.errors import InvalidInput
@@ -16,7 +15,7 @@ from stackcycler.layers import diagnose, layer_cycles, layer_spread, runner_shor
 from stackcycler.safety import SafetyEnvelope
 from stackcycler.shorts import CONFIRM_TICKS
 
-LEAF = Path("/work/shared/data/nissan-leaf-cell/NissanLeaf-cell-Cycling-10C-24C-40C.csv")
+LEAF = LEAF_CYCLING
 # 4 layers; cutoffs 3.0 V and 4.1 V per layer
 DUT = {"layers": 4, "discharge_voltage_V": 12.0, "charge_voltage_V": 16.4}
 
@@ -150,8 +149,6 @@ def test_runner_short_trips_are_read_from_the_events():
 
 
 def test_data_without_layer_columns_gives_empty_tables_and_says_why():
-    if not LEAF.exists():
-        pytest.skip(f"{LEAF} not present")
     report = diagnose(load(LEAF))
     for table in (report.layers, report.cycles, report.spread, report.shorts):
         assert table.empty

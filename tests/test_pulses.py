@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import events_of, samples_of
+from support import LEAF_DATA, events_of, samples_of
 
 from stackcycler.dataset import load
 from stackcycler.drivers.sim.stack import OCV_SOC, OCV_V
@@ -23,10 +23,9 @@ from stackcycler.errors import InvalidInput
 from stackcycler.pulses import (dcir_two_level, find_levels, gitt, hppc, pulse_resistances, resistance_column,
                                 self_discharge)
 
-LEAF = Path("/work/shared/data/nissan-leaf-cell")
+LEAF = LEAF_DATA
 LEAF_25C = LEAF / "NissanLeaf-cell-Low-Current-HPPC-25C-2.csv"
 LEAF_10C = LEAF / "NissanLeaf-cell-Low-Current-HPPC-10C.csv"
-needs_leaf = pytest.mark.skipif(not LEAF_25C.exists(), reason="Nissan Leaf data not on this machine")
 
 
 def samples(t, v, i, **extra) -> pd.DataFrame:
@@ -477,7 +476,6 @@ def leaf():
             for name, path in (("25C", LEAF_25C), ("10C", LEAF_10C))}
 
 
-@needs_leaf
 def test_leaf_hppc_finds_one_block_per_discharge_pulse_step(leaf):
     for name, (table, steps) in leaf.items():
         # the program's 30 s discharge pulse is step 6 (README: -30 A, 40 s rest, +22.5 A regen)
@@ -488,7 +486,6 @@ def test_leaf_hppc_finds_one_block_per_discharge_pulse_step(leaf):
         assert table["regen_duration_s"].tolist() == pytest.approx([10.0] * 10)
 
 
-@needs_leaf
 def test_leaf_depth_of_discharge_matches_the_program_steps(leaf):
     for name, (table, steps) in leaf.items():
         # between block 2 and block 10 the current steps run at their set currents for their logged
@@ -507,7 +504,6 @@ def test_leaf_depth_of_discharge_matches_the_program_steps(leaf):
         assert expected[-1] == pytest.approx(8 * (30 * 30 - 22.5 * 10 + 10 * 1080.1) / 3600)  # 3.19 Ah a block
 
 
-@needs_leaf
 def test_leaf_discharge_resistance_pinned_from_the_raw_rows():
     rows = {row["time"]: row for row in bitrode_rows(LEAF_25C)}
     # second block at 25 degC: the last row of the 1 h rest and the last row of the 30 s pulse
@@ -522,7 +518,6 @@ def test_leaf_discharge_resistance_pinned_from_the_raw_rows():
     assert block["ocv_V"] == 4.086
 
 
-@needs_leaf
 def test_leaf_resistances_are_plausible_for_a_33_ah_pouch_cell_and_higher_when_cold(leaf):
     warm, cold = leaf["25C"][0], leaf["10C"][0]
     # 1 s after the edge: ohmic + fast charge transfer, 1 to 3 mOhm at 25 degC at every SOC

@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from support import LEAF_CYCLING, LEAF_DATA
+
 from stackcycler.analysis import SUMMARY_COLUMNS, cycle_summary, summarise, summary_records
 from stackcycler.bdf import export
 from stackcycler.cli import main
 from stackcycler.dataset import load
 from stackcycler.errors import InvalidInput
 
-LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "nissan-leaf-cell"
-LEAF_CYCLING = LEAF / "NissanLeaf-cell-Cycling-10C-24C-40C.csv"
+LEAF = LEAF_DATA
 C = SUMMARY_COLUMNS
 
 
