@@ -181,12 +181,7 @@ class KeithleySmu(ScpiDriver, BidirectionalSupply):
         return next((level for level in self.OVP_LEVELS_V if level >= threshold_V), None)
 
     def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
-        ratings = self.ratings
-        for name, value, high in (("over_voltage_V", over_voltage_V, ratings.max_over_voltage_V),
-                                  ("over_current_A", over_current_A, ratings.max_over_current_A)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
-                raise InvalidInput(f"{self.FRIENDLY_NAME} at {self.resource}: {name} = {value!r} is outside the "
-                                   f"model's range 0 to {high:g}; nothing was sent")
+        self.refuse_protection_out_of_range(over_voltage_V, over_current_A)
         level = self.over_voltage_level(over_voltage_V)
         self.over_voltage_protection = self.over_voltage_token(level)
         self._over_voltage_level_V = level

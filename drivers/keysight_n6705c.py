@@ -160,18 +160,18 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
     @property
     def ratings(self) -> SupplyRatings:
         if not self._connected:
-            raise InstrumentError(f"{self._where()}: not connected")
+            raise InstrumentError(f"{self.where()}: not connected")
         return N6781A_RATINGS
 
     @property
     def voltage_range(self) -> VoltageRange:
         return self._range
 
-    def _where(self) -> str:
+    def where(self) -> str:
         return f"{self.FRIENDLY_NAME} channel {self.channel} at {self.resource}"
 
     def _refuse(self, why: str) -> None:
-        raise InvalidInput(f"{self._where()}: {why}; nothing was sent")
+        raise InvalidInput(f"{self.where()}: {why}; nothing was sent")
 
     # --- connection ------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
             raise InstrumentError(f"{self.resource} is not a {' or '.join(MAINFRAMES)}: *IDN? answered {identity!r}")
         module = self.query(f"SYST:CHAN:MOD? {self.command_fields['channels']}").strip('"')
         if module.upper() != MODULE:
-            raise InstrumentError(f"{self._where()}: the slot holds {module!r}, not an {MODULE}; the bench file's "
+            raise InstrumentError(f"{self.where()}: the slot holds {module!r}, not an {MODULE}; the bench file's "
                                   "`output` names the mainframe channel of the N6781A")
         self.write("*CLS")  # errors left by an earlier session are not this run's
         self.output_found_on = self.output  # after a host crash it may still be on: worth knowing
@@ -202,11 +202,7 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
     # --- protection ------------------------------------------------------------------------
 
     def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
-        ratings = self.ratings
-        for name, value, high in (("over_voltage_V", over_voltage_V, ratings.max_over_voltage_V),
-                                  ("over_current_A", over_current_A, ratings.max_over_current_A)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
-                self._refuse(f"{name} = {value!r} is outside the model's range 0 to {high:g}")
+        self.refuse_protection_out_of_range(over_voltage_V, over_current_A)
         chosen = next((r for r in RANGES if r.voltage_V >= over_voltage_V), RANGES[-1])
         with self.batch():
             self.voltage_range_V = chosen.voltage_V
@@ -259,7 +255,7 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
 
     def set_output(self, on: bool) -> None:
         if on and not self._regulated:
-            raise InstrumentError(f"{self._where()}: output on without a regulate() first: nothing to drive to")
+            raise InstrumentError(f"{self.where()}: output on without a regulate() first: nothing to drive to")
         self.output = on
 
     def output_is_on(self) -> bool:
@@ -290,7 +286,7 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         condition = self.questionable()
         problems = [text for bit, text in QUESTIONABLE_FAULTS.items() if condition & bit]
         if problems:
-            raise InstrumentError(f"{self._where()} reports {'; '.join(problems)} (STAT:QUES:COND? = {condition}; "
+            raise InstrumentError(f"{self.where()} reports {'; '.join(problems)} (STAT:QUES:COND? = {condition}; "
                                   "the output stays off until the cause is found and the protection is cleared: "
                                   f"OUTP:PROT:CLE {self.command_fields['channels']} or the front panel)")
 
@@ -306,4 +302,4 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self._regulated = False
         self.write(f"OUTP OFF,{self.command_fields['channels']}")
         if self.output:
-            raise InstrumentError(f"{self._where()}: output still on after OUTP OFF")
+            raise InstrumentError(f"{self.where()}: output still on after OUTP OFF")

@@ -30,7 +30,6 @@ Local key (dcps presses it with `DEBug:KEY`, an undocumented command not used he
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 from stackcycler.errors import InstrumentError, InvalidInput
@@ -134,12 +133,7 @@ class RigolDl3021(ScpiDriver, ElectronicLoad):
         self.range_A = wanted
 
     def set_protection(self, over_voltage_V: float, over_current_A: float) -> None:
-        ratings = self.ratings
-        for name, value, high in (("over_voltage_V", over_voltage_V, ratings.max_over_voltage_V),
-                                  ("over_current_A", over_current_A, ratings.max_over_current_A)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
-                raise InvalidInput(f"{self.FRIENDLY_NAME} at {self.resource}: {name} = {value!r} is outside the "
-                                   f"model's range 0 to {high:g}; nothing was sent")
+        self.refuse_protection_out_of_range(over_voltage_V, over_current_A)
         self._set_range(over_current_A)
         self.ceilings = {"current_A": over_current_A, "voltage_V": over_voltage_V}
         self._sent.clear()

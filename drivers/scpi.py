@@ -119,6 +119,19 @@ class ScpiDriver:
     def resource(self) -> str:
         return self.transport.resource
 
+    def where(self) -> str:
+        """How errors name this instrument."""
+        return f"{self.FRIENDLY_NAME} at {self.resource}"
+
+    def refuse_protection_out_of_range(self, over_voltage_V: float, over_current_A: float) -> None:
+        """Protection thresholds the model cannot take are refused before anything is sent."""
+        ratings = self.ratings
+        for name, value, high in (("over_voltage_V", over_voltage_V, ratings.max_over_voltage_V),
+                                  ("over_current_A", over_current_A, ratings.max_over_current_A)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= high):
+                raise InvalidInput(f"{self.where()}: {name} = {value!r} is outside the model's range "
+                                   f"0 to {high:g}; nothing was sent")
+
     @property
     def command_fields(self) -> dict[str, str]:
         """Fields the Setting commands of this instrument name, e.g. its output's channel list."""

@@ -109,13 +109,3 @@ def start_worker(runs: Path, *benches: str, speed: str = "max", until_empty: boo
     runs.parent.mkdir(parents=True, exist_ok=True)
     with open(runs.parent / "worker.log", "a", encoding="utf-8") as log:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_for(condition, what: str, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")

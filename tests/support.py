@@ -77,6 +77,17 @@ def start_logging_run(cwd: Path, rows: int, protocol: str = "capacity-check", sp
     raise AssertionError("the run did not start logging within a minute")
 
 
+def wait_for(condition, what: str, timeout_s: float = 60):
+    """Poll `condition` until it gives something true (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
 def wait_for_rows(samples: Path, rows: int, process: subprocess.Popen, timeout_s: float = 120.0) -> bool:
     """Wait until samples.csv holds `rows` data rows; False if the process ended first."""
     deadline = time.monotonic() + timeout_s

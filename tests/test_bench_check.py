@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from support import cycler
 
 from stackcycler.bench import load_bench

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from lab_support import (FAST_BENCH, QUICK_SETS, database_url, lab_of, make_host, new_postgres_database,
-                         restart_postgres, start_worker, wait_for)
-from support import QUICK, cycler
+                         restart_postgres, start_worker)
+from support import QUICK, cycler, wait_for
 
 from stackcycler.catalog import lab_view
 from stackcycler.live import SilentReporter

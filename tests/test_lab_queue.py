@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from lab_support import (FAST_BENCH, OTHER_BENCH, database_url, lab_of, make_host, new_postgres_database,
-                         start_worker, wait_for)
-from support import QUICK, cycler
+                         start_worker)
+from support import QUICK, cycler, wait_for
 
 from stackcycler.errors import InvalidInput
 from stackcycler.lab import migrate

@@ -11,10 +11,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from support import wait_for
 
 from stackcycler.errors import ExitCode
 from stackcycler.queue import TestQueue
@@ -34,15 +35,6 @@ def unit() -> configparser.ConfigParser:
     parser.optionxform = str  # systemd keys are case-sensitive
     parser.read(RECIPES / "cycler-queue.service")
     return parser
-
-
-def wait_for(condition, what: str, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def start_service(tmp_path: Path) -> subprocess.Popen:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import QUICK, cycler
+from support import QUICK, cycler, wait_for
 
 from stackcycler.errors import ExitCode, InvalidInput
 from stackcycler.live import SilentReporter
@@ -148,16 +148,6 @@ def test_a_typo_in_a_protocol_name_is_refused_at_add_time_by_the_cli(tmp_path):
     assert TestQueue(tmp_path / "runs").items() == []
 
 
-def _wait_for(condition, what: str, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
-
-
 def _worker(cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stackcycler", "queue", "run", *args], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,7 +157,7 @@ def test_a_second_worker_is_refused_naming_the_first(tmp_path):
     first = _worker(tmp_path)
     try:
         lock = tmp_path / "runs" / "queue.lock"
-        _wait_for(lambda: lock.exists() and lock.read_text(), "the first worker taking the queue")
+        wait_for(lambda: lock.exists() and lock.read_text(), "the first worker taking the queue")
         code, output = cycler("queue", "run", "--until-empty", cwd=tmp_path)
         assert code == ExitCode.INVALID_INPUT
         assert f"a worker already runs this queue (pid {first.pid} on " in output
@@ -258,7 +248,7 @@ def kill_worker_mid_item(tmp_path: Path, queue: TestQueue, item_id: int) -> int:
             samples = Path(folder) / "samples.csv" if folder else None
             return samples is not None and samples.exists() and len(samples.read_text().splitlines()) > 3
 
-        _wait_for(logging_folder, "the worker's item logging samples")
+        wait_for(logging_folder, "the worker's item logging samples")
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
