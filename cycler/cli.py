@@ -599,10 +599,14 @@ def sim() -> None:
               help="Port of the first instrument (in name order); the others follow. 0: any free ports.")
 @click.option("--bench-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a bench file that reaches the served instruments over TCP.")
-def sim_serve(bench, host, first_port, bench_out):
+@click.option("--serial", type=click.Choice(["tcp", "pty"]), default="tcp", show_default=True,
+              help="Serial (binary-frame) instruments as a raw TCP byte stream (socket://) or on a "
+                   "pseudo-terminal (/dev/pts/N), which pyserial opens as an RS-232 port.")
+def sim_serve(bench, host, first_port, bench_out, serial):
     """Serve the bench's simulated instruments over TCP (raw SCPI sockets), in real time, until Ctrl+C.
 
-    Each answers at TCPIP::HOST::PORT::SOCKET; run protocols against them with --bench-out's file."""
+    Each answers at TCPIP::HOST::PORT::SOCKET (serial ones at socket://HOST:PORT, or a
+    pseudo-terminal with --serial pty); run protocols against them with --bench-out's file."""
     import time
 
     from stackcycler.drivers.sim.serve import SimulationServer
@@ -614,7 +618,7 @@ def sim_serve(bench, host, first_port, bench_out):
         loaded = load_bench(bench)
         if not loaded.config.simulated:
             raise InvalidInput(f"{loaded.path}: not a simulated bench (it has no simulation block)")
-        server = SimulationServer(build_simulation(loaded.config.simulation, WallClock()), host, first_port)
+        server = SimulationServer(build_simulation(loaded.config.simulation, WallClock()), host, first_port, serial)
     except StackcyclerError as error:
         _fail(error)
         return

@@ -1,6 +1,8 @@
-"""Every built-in bench runs a short protocol end to end, in process on the virtual clock and over
-loopback TCP in real time (the simulators served as LAN instruments, binary ones as raw byte
-streams), with the same drivers; each leaves its outputs off."""
+"""Every built-in bench runs a short protocol end to end in all three ways of reaching its
+simulators, with the same drivers: in process on the virtual clock; over loopback TCP in real
+time (as LAN instruments, serial ones as raw byte streams); and, for a bench with serial
+instruments, those on pseudo-terminals through pyserial as RS-232 ports. Each leaves its
+outputs off."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import yaml
 from stackcycler.bench import builtin_benches, load_bench
 from stackcycler.cli import served_bench_text
 from stackcycler.clock import WallClock
+from stackcycler.drivers.registry import DRIVERS
 from stackcycler.drivers.sim.serve import SimulationServer
 from stackcycler.drivers.sim.simulation import build_simulation
 from stackcycler.live import SilentReporter
@@ -54,11 +57,21 @@ def test_in_process_on_the_virtual_clock(bench, tmp_path):
     assert_all_off(bench, result.simulation.instruments)
 
 
-@pytest.mark.parametrize("bench", sorted(builtin_benches()))
-def test_over_loopback_tcp_in_real_time(bench, tmp_path, monkeypatch):
+def serial_benches() -> list[str]:
+    return sorted(name for name in builtin_benches()
+                  if any(DRIVERS[i.driver].BYTE_PROTOCOL for i in load_bench(name).config.instruments.values()))
+
+
+def test_the_serial_benches_are_the_ones_with_a_load_or_chamber_on_a_serial_line():
+    assert serial_benches() == ["sim-chamber", "sim-e36312a-bk8500"]
+
+
+@pytest.mark.parametrize("bench, serial", [(b, "tcp") for b in sorted(builtin_benches())]
+                         + [(b, "pty") for b in serial_benches()])
+def test_served_in_real_time(bench, serial, tmp_path, monkeypatch):
     monkeypatch.setenv("CYCLER_LOCK_DIR", str(tmp_path / "locks"))
     loaded = load_bench(bench)
-    with SimulationServer(build_simulation(loaded.config.simulation, WallClock())) as server:
+    with SimulationServer(build_simulation(loaded.config.simulation, WallClock()), serial=serial) as server:
         served = yaml.safe_load(served_bench_text(loaded, server.resources()))
         for channel in served["channels"].values():
             channel["tick_s"] = SERVED_TICK_S
@@ -68,4 +81,5 @@ def test_over_loopback_tcp_in_real_time(bench, tmp_path, monkeypatch):
         assert result.outcome.state == "completed", result.outcome.reason
         assert result.outcome.outputs_confirmed_off
         assert_all_off(bench, server.simulation.instruments)
-        assert all(spec["resource"].startswith(("TCPIP::", "socket://")) for spec in served["instruments"].values())
+        serial_prefix = "socket://" if serial == "tcp" else "/dev/"
+        assert all(spec["resource"].startswith(("TCPIP::", serial_prefix)) for spec in served["instruments"].values())

@@ -6,7 +6,8 @@ query, as on port 5025 of a LAN instrument), so any VISA client reaches it as
 exactly as on a bench, against the stack model on the wall clock. `cycler sim serve` starts it.
 A binary-frame instrument (the BK 8500 load) is served as a raw byte stream, the way a
 serial-to-LAN adapter serves a serial port; pyserial reaches it as `socket://127.0.0.1:<port>`,
-which the byte transport opens like a serial port.
+which the byte transport opens like a serial port. With `serial="pty"` such an instrument is
+served on a pseudo-terminal instead (`/dev/pts/N`), which pyserial opens exactly as an RS-232 port.
 
 The instruments share one simulated world, so messages are handled one at a time (a lock), as
 they would reach one bench.
@@ -19,6 +20,8 @@ server (a client connects again).
 
 from __future__ import annotations
 
+import os
+import select
 import socketserver
 import threading
 import time
@@ -81,29 +84,76 @@ class _InstrumentServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
+class _PtyServer:
+    """A binary-frame instrument on the far side of a pseudo-terminal, as behind a USB-serial
+    adapter; `serve_forever`, `shutdown` and `server_close` as the socket servers have them."""
+
+    def __init__(self, device, world_lock: threading.Lock):
+        self.device, self.world_lock = device, world_lock
+        self.master, self._slave = os.openpty()
+        self.path = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not select.select([self.master], [], [], 0.05)[0]:
+                    continue
+                try:
+                    data = os.read(self.master, 256)
+                except OSError:
+                    return
+                delivery = _exchange(self, data, self.device.receive)
+                if delivery.reply and not delivery.link_dropped:  # a serial line cannot drop: the reply is lost
+                    time.sleep(delivery.delay_s)
+                    os.write(self.master, delivery.reply)
+        finally:
+            self._done.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._done.wait()
+
+    def server_close(self) -> None:
+        os.close(self._slave)
+        os.close(self.master)
+
+
 @dataclass
 class ServedInstrument:
     name: str
-    port: int
-    server: _InstrumentServer
+    port: int  # 0 on a pseudo-terminal
+    server: _InstrumentServer | _PtyServer
 
     @property
     def resource(self) -> str:
+        if isinstance(self.server, _PtyServer):
+            return self.server.path
         host = self.server.server_address[0]
         if speaks_bytes(self.server.device):
             return f"socket://{host}:{self.port}"
         return f"TCPIP::{host}::{self.port}::SOCKET"
 
 
-class SimulationServer:
-    """Every instrument of `simulation` on a TCP port of `host` (from `first_port` on; 0: any free port)."""
+SERIAL_SERVING = ("tcp", "pty")
 
-    def __init__(self, simulation: Simulation, host: str = "127.0.0.1", first_port: int = 0):
+
+class SimulationServer:
+    """Every instrument of `simulation` on a TCP port of `host` (from `first_port` on; 0: any free
+    port); binary-frame (serial) instruments on a pseudo-terminal instead with `serial="pty"`."""
+
+    def __init__(self, simulation: Simulation, host: str = "127.0.0.1", first_port: int = 0, serial: str = "tcp"):
+        if serial not in SERIAL_SERVING:
+            raise ValueError(f"serial={serial!r}: use one of {', '.join(SERIAL_SERVING)}")
         self.simulation = simulation
         self.world_lock = threading.Lock()
         self.served: list[ServedInstrument] = []
         try:
             for k, (name, device) in enumerate(sorted(simulation.instruments.items())):
+                if serial == "pty" and speaks_bytes(device):
+                    self.served.append(ServedInstrument(name, 0, _PtyServer(device, self.world_lock)))
+                    continue
                 handler = _ByteStreamHandler if speaks_bytes(device) else _ScpiLineHandler
                 server = _InstrumentServer((host, first_port + k if first_port else 0), handler)
                 server.device = device
