@@ -6,7 +6,8 @@ recording. Data without them (another cycler's file) is integrated from its rows
 split at zero crossings: integrators.trapezoid_arrays). The interval between two rows belongs
 to the cycle of the later row, in both cases, so the two agree.
 
-Everything per row is vectorised: a ten-million-row file is summarised in about a second.
+Everything per row is vectorised: a ten-million-row file is summarised in under two seconds on a
+quiet two-core machine (tests/benchmarks/summary.py).
 """
 
 from __future__ import annotations
