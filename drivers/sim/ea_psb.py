@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import KeepsSettings, SimWorld
+from .scpi import ScpiError, scpi
+from .world import SimWorld, TerminalScpiInstrument
 
 # EA datasheets give set-value ranges of 0..102 % and protection ranges of 0..110 % of the
 # nominal rating. [uncertain: checked against PSB 9000 datasheets, not a PSB 10000 one]
@@ -48,7 +48,7 @@ class EaPsbSimConfig(BaseModel):
     current_offset_A: float = 0.0
 
 
-class SimEaPsb(KeepsSettings, ScpiInstrument):
+class SimEaPsb(TerminalScpiInstrument):
     OPC_SUPPORTED = False  # a real PSB 10080-60 does not implement *OPC? (instro hardware tests)
 
     def __init__(self, world: SimWorld, name: str, config: EaPsbSimConfig):
@@ -73,13 +73,6 @@ class SimEaPsb(KeepsSettings, ScpiInstrument):
         self.ovp_V = c.nominal_voltage_V * PROTECTION_SPAN
         self.ocp_A = c.nominal_current_A * PROTECTION_SPAN
         self.opp_W = c.nominal_power_W * PROTECTION_SPAN
-
-    def handle(self, message: str) -> str | None:
-        self.world.sync()
-        return super().handle(message)
-
-    def command_executed(self) -> None:
-        self.world.settings_changed()  # a setting may change: the current settles to it at the next sync
 
     _STATE = ("remote", "output_on", "alarm", "voltage_V", "source_current_A", "sink_current_A", "source_power_W",
               "sink_power_W", "ovp_V", "ocp_A", "opp_W")

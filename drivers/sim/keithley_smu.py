@@ -36,8 +36,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .scpi import STANDARD_ERRORS, ScpiError, ScpiInstrument, scpi
-from .world import KeepsSettings, SimWorld
+from .scpi import STANDARD_ERRORS, ScpiError, scpi
+from .world import SimWorld, TerminalScpiInstrument
 
 MAX_VOLTAGE_V = 210.0
 MAX_CURRENT_A = 1.05
@@ -77,7 +77,7 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-class _SimKeithleySmu(KeepsSettings, ScpiInstrument):
+class _SimKeithleySmu(TerminalScpiInstrument):
     CURRENT_RANGES_A: tuple[float, ...] = ()
     VOLTAGE_RANGES_V: tuple[float, ...] = ()
     OFF_LIMIT_FRACTION = 0.0  # of the present range, in the NORMal and GUARd off states
@@ -105,13 +105,6 @@ class _SimKeithleySmu(KeepsSettings, ScpiInstrument):
 
     _STATE = ("output_on", "off_state", "source_function", "voltage_V", "current_level_A", "current_limit_A",
               "voltage_limit_V", "ovp_V")
-
-    def handle(self, message: str) -> str | None:
-        self.world.sync()
-        return super().handle(message)
-
-    def command_executed(self) -> None:
-        self.world.settings_changed()
 
     # --- physics -----------------------------------------------------------------------
 

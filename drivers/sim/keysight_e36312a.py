@@ -29,8 +29,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..keysight_e36312a import OUTPUT_RANGES
-from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import KeepsSettings, SimWorld
+from .scpi import ScpiError, scpi
+from .world import SimWorld, TerminalScpiInstrument
 
 OUTPUTS = tuple(OUTPUT_RANGES)
 ISUM_CC, ISUM_CV, ISUM_UNREGULATED = 1, 2, 0
@@ -51,7 +51,7 @@ class KeysightE36312aSimConfig(BaseModel):
     current_noise_A: float = Field(0.0001, ge=0)
 
 
-class SimKeysightE36312a(KeepsSettings, ScpiInstrument):
+class SimKeysightE36312a(TerminalScpiInstrument):
     def __init__(self, world: SimWorld, name: str, config: KeysightE36312aSimConfig):
         super().__init__()
         self.world = world
@@ -87,13 +87,6 @@ class SimKeysightE36312a(KeepsSettings, ScpiInstrument):
     def output_on(self) -> bool:
         """The wired output is on (what tests and break-before-make checks look at)."""
         return self.on[self.config.output]
-
-    def handle(self, message: str) -> str | None:
-        self.world.sync()
-        return super().handle(message)
-
-    def command_executed(self) -> None:
-        self.world.settings_changed()
 
     # --- physics: what the wired output does to the DUT ------------------------------------
 

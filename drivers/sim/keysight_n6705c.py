@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..keysight_n6705c import (LIMIT_NEGATIVE, LIMIT_POSITIVE, MAX_OVER_VOLTAGE_V, MODULE, RANGES, SLOTS,
                                VoltageRange)
-from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import KeepsSettings, SimWorld
+from .scpi import ScpiError, scpi
+from .world import SimWorld, TerminalScpiInstrument
 
 OVER_VOLTAGE = 1  # STAT:QUES:COND? bits this simulator latches
 OVER_CURRENT = 2
@@ -68,7 +68,7 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-class SimKeysightN6705c(KeepsSettings, ScpiInstrument):
+class SimKeysightN6705c(TerminalScpiInstrument):
     def __init__(self, world: SimWorld, name: str, config: KeysightN6705cSimConfig):
         super().__init__()
         self.world = world
@@ -101,13 +101,6 @@ class SimKeysightN6705c(KeepsSettings, ScpiInstrument):
 
     _STATE = ("emulation", "priority", "ovp_V", "ocp_enabled", "latched", "output_on", "range_V", "voltage_V",
               "current_level_A", "voltage_limit_V", "positive_limit_A", "negative_limit_A", "tracking")
-
-    def handle(self, message: str) -> str | None:
-        self.world.sync()
-        return super().handle(message)
-
-    def command_executed(self) -> None:
-        self.world.settings_changed()
 
     @property
     def voltage_range(self) -> VoltageRange:

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..rigol_dl3021 import CURRENT_RANGES_A, MODEL_RATINGS
 from ..roles import LoadMode
 from .bk8500 import current_for_power
-from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import KeepsSettings, SimWorld
+from .scpi import ScpiError, scpi
+from .world import SimWorld, TerminalScpiInstrument
 
 MODES_BY_FUNCTION: dict[str, LoadMode] = {"CURRENT": "CC", "VOLTAGE": "CV", "RESISTANCE": "CR", "POWER": "CP"}
 
@@ -55,7 +55,7 @@ class RigolDl3021SimConfig(BaseModel):
         return value
 
 
-class SimRigolDl3021(KeepsSettings, ScpiInstrument):
+class SimRigolDl3021(TerminalScpiInstrument):
     def __init__(self, world: SimWorld, name: str, config: RigolDl3021SimConfig):
         super().__init__()
         self.world = world
@@ -81,13 +81,6 @@ class SimRigolDl3021(KeepsSettings, ScpiInstrument):
         self.cp_W = 0.0
 
     _STATE = ("input_on", "function", "regulation_source", "range_A", "cc_A", "cv_V", "cv_limit_A", "cr_ohm", "cp_W")
-
-    def handle(self, message: str) -> str | None:
-        self.world.sync()
-        return super().handle(message)
-
-    def command_executed(self) -> None:
-        self.world.settings_changed()
 
     # --- physics: what the load does to the DUT -------------------------------------------
 

@@ -25,6 +25,7 @@ import numpy as np
 from stackcycler.clock import Clock
 
 from ..sensors import PressureFixture
+from .scpi import ScpiInstrument
 from .stack import StackModel
 
 # Longest interval integrated with one constant current; well below the RC time constant.
@@ -55,6 +56,19 @@ class KeepsSettings:
         for name in self._STATE:
             setattr(self, name, state[name])
         self.world.settings_changed()  # the current settles to the restored settings at the next sync
+
+
+class TerminalScpiInstrument(KeepsSettings, ScpiInstrument):
+    """A simulated SCPI instrument on the stack's terminals (a supply, an SMU, a load): every
+    message first carries the stack up to now under the old settings, and every command that ran
+    may have changed a setting, so the current settles anew at the next sync."""
+
+    def handle(self, message: str) -> str | None:
+        self.world.sync()
+        return super().handle(message)
+
+    def command_executed(self) -> None:
+        self.world.settings_changed()
 
 
 class SimWorld:
