@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from stackcycler.drivers.sim.serve import PtyServer
 from stackcycler.errors import InstrumentTimeout
 from stackcycler.live import SilentReporter
 from stackcycler.operation import post_request
@@ -232,37 +232,26 @@ class ScriptedByteTransport:
 
 
 class PtyDevice:
-    """A simulated serial instrument (anything with `receive(bytes) -> bytes`) on the far side of a
-    pseudo-terminal, as on a USB-serial adapter; `truncate` cuts every reply to that many bytes.
-    Its thread is stopped and joined before the terminal's descriptors are closed, so that it never
-    reads from a descriptor number the next test's terminal has been given."""
+    """A simulated serial instrument (anything with `receive(bytes) -> bytes`) served on a
+    pseudo-terminal by `cycler sim serve`'s own PtyServer, as on a USB-serial adapter; `truncate`
+    cuts every reply to that many bytes."""
 
     def __init__(self, device, truncate: int | None = None):
-        self.device = device
-        self.truncate = truncate
-        self.master, self._slave = os.openpty()
-        self.port = os.ttyname(self._slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.master], [], [], 0.05)[0]:
-                continue
-            try:
-                data = os.read(self.master, 256)
-            except OSError:
-                return
-            answer = self.device.receive(data)[:self.truncate]
-            if answer:
-                os.write(self.master, answer)
+        self.server = PtyServer(_Truncating(device, truncate), threading.Lock())
+        self.port = self.server.path
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        os.close(self._slave)
-        os.close(self.master)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Truncating:
+    def __init__(self, device, limit: int | None):
+        self.device, self.limit = device, limit
+
+    def receive(self, data: bytes) -> bytes:
+        return self.device.receive(data)[:self.limit]
 
 
 needs_pty = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")

@@ -84,9 +84,11 @@ class _InstrumentServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-class _PtyServer:
+class PtyServer:
     """A binary-frame instrument on the far side of a pseudo-terminal, as behind a USB-serial
-    adapter; `serve_forever`, `shutdown` and `server_close` as the socket servers have them."""
+    adapter; `serve_forever`, `shutdown` and `server_close` as the socket servers have them.
+    `shutdown` waits for the serving loop to end before the descriptors can be closed, so that it
+    never reads from a descriptor number the next terminal has been given."""
 
     def __init__(self, device, world_lock: threading.Lock):
         self.device, self.world_lock = device, world_lock
@@ -124,11 +126,11 @@ class _PtyServer:
 class ServedInstrument:
     name: str
     port: int  # 0 on a pseudo-terminal
-    server: _InstrumentServer | _PtyServer
+    server: _InstrumentServer | PtyServer
 
     @property
     def resource(self) -> str:
-        if isinstance(self.server, _PtyServer):
+        if isinstance(self.server, PtyServer):
             return self.server.path
         host = self.server.server_address[0]
         if speaks_bytes(self.server.device):
@@ -152,7 +154,7 @@ class SimulationServer:
         try:
             for k, (name, device) in enumerate(sorted(simulation.instruments.items())):
                 if serial == "pty" and speaks_bytes(device):
-                    self.served.append(ServedInstrument(name, 0, _PtyServer(device, self.world_lock)))
+                    self.served.append(ServedInstrument(name, 0, PtyServer(device, self.world_lock)))
                     continue
                 handler = _ByteStreamHandler if speaks_bytes(device) else _ScpiLineHandler
                 server = _InstrumentServer((host, first_port + k if first_port else 0), handler)
