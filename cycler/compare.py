@@ -31,7 +31,7 @@ def label_of(data: Dataset) -> str:
 
 def headline(summary: pd.DataFrame, eol_retention: float) -> dict[str, Any]:
     """One run in a few numbers: its first and last full cycles and where it reached end of life."""
-    column = {key: SUMMARY_COLUMNS[key] for key in SUMMARY_COLUMNS}
+    column = SUMMARY_COLUMNS
     full = summary[summary[column["coulombic_efficiency"]].notna()]
     eol = summary[summary[column["end_of_life"]].astype(bool)]
     first, last = (full.iloc[0], full.iloc[-1]) if len(full) else (None, None)

@@ -103,13 +103,13 @@ def load(path: Path | str, columns: Iterable[str] | None = None) -> Dataset:
     return _with_sidecar(Dataset(path, "bdf-csv", _bdf(frame, path, wanted)))
 
 
-def read_samples_csv(path: Path, columns: set[str] | None = None) -> pd.DataFrame:
+def _read_samples_csv(path: Path, columns: set[str] | None = None) -> pd.DataFrame:
     """A samples.csv (a torn last line, left by a writer killed mid-row, is dropped)."""
     return _read_csv(path, columns).dropna(subset=list(REQUIRED))
 
 
 def _run_folder(folder: Path, wanted: set[str] | None) -> Dataset:
-    samples = read_samples_csv(folder / SAMPLES_FILE, wanted)
+    samples = _read_samples_csv(folder / SAMPLES_FILE, wanted)
     metadata = json.loads((folder / METADATA_FILE).read_text()) if (folder / METADATA_FILE).exists() else {}
     events = read_events(folder / EVENTS_FILE) if (folder / EVENTS_FILE).exists() else []
     return Dataset(folder, "run folder", samples.reset_index(drop=True), metadata, events)

@@ -11,7 +11,7 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -238,10 +238,12 @@ def _hppc_basis(blocks: pd.DataFrame) -> str:
             f"{attrs.get('v_max_V')} V (FreedomCAR convention), R at the {attrs.get('power_resistance', '')}.")
 
 
-def _table(frame: pd.DataFrame) -> str:
+def _table(frame: pd.DataFrame, flagged: Sequence[bool] = ()) -> str:
+    """A table of `frame`; the rows `flagged` marks are highlighted (a trip, end of life)."""
     head = "".join(f"<th>{_e(name)}</th>" for name in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td class='num'>{_format(v)}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))
+    flags = list(flagged) or [False] * len(frame)
+    body = "".join(f"<tr{' class=trip' if flag else ''}>" + "".join(f"<td class='num'>{_format(v)}</td>" for v in row)
+                   + "</tr>" for flag, row in zip(flags, frame.itertuples(index=False)))
     return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
 
 
@@ -249,17 +251,11 @@ def _summary_table(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "<p>no cycles</p>"
     shown = [label for label in summary.columns if summary[label].notna().any()]
-    head = "".join(f"<th>{_e(label)}</th>" for label in shown)
-    body = []
-    for _, row in summary[shown].iterrows():
-        eol = bool(row.get(SUMMARY_COLUMNS["end_of_life"], False))
-        cells = "".join(f"<td class='num'>{_format(row[label])}</td>" for label in shown)
-        body.append(f"<tr{' class=trip' if eol else ''}>{cells}</tr>")
-    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+    return _table(summary[shown], summary[SUMMARY_COLUMNS["end_of_life"]].astype(bool).tolist())
 
 
 def _format(value: Any) -> str:
-    if isinstance(value, (bool,)) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         return "yes" if value else ""
     if isinstance(value, float):
         return "" if value != value else f"{value:.6g}"
