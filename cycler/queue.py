@@ -605,8 +605,8 @@ class TestQueue:
                      reporter: ProgressReporter, worker_id: str) -> Item:
         """Continue an item a dead worker left, as `cycler resume` would (interruption policy `resume`)."""
         folder = Path(item.run_folder) if item.run_folder else None
-        resumed_times = read_json(folder / METADATA_FILE).get("resumed_times", 0) if folder and \
-            (folder / METADATA_FILE).exists() else 0
+        meta = read_json(folder / METADATA_FILE) if folder and (folder / METADATA_FILE).exists() else {}
+        resumed_times = meta.get("resumed_times", 0)
         if folder is None or resumed_times >= MAX_AUTOMATIC_RESUMES:
             why = ("no run folder was created" if folder is None else
                    f"the run has been resumed {resumed_times} times already (at most {MAX_AUTOMATIC_RESUMES} by itself)")
@@ -621,9 +621,9 @@ class TestQueue:
             return item
         log(f"item {item.id}: continue {item.describe()} from its checkpoint (on-interrupt resume), run folder {folder}")
         try:
-            simulated = read_json(folder / METADATA_FILE).get("bench", {}).get("simulated")
+            simulated = meta.get("bench", {}).get("simulated")  # --speed applies to simulated benches only
             result = resume(folder, reporter, confirm=lambda preview: True, stop=stop,
-                            speed=speed if simulated else KEEP_SPEED)  # --speed applies to simulated benches only
+                            speed=speed if simulated else KEEP_SPEED)
         except StackcyclerError as error:  # e.g. the DUT moved since the checkpoint: a person must look
             return self._leave_interrupted(item, f"not continued by itself: {error}", log, stop)
         state, reason = _item_ending(result.outcome.state, result.outcome.reason, result.summary_line)
