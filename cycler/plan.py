@@ -27,6 +27,7 @@ import bisect
 import csv
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Union
 
@@ -275,12 +276,13 @@ class Plan:
         """Each step of the protocol once, in file order."""
         return tuple(i.step for i in self.program if isinstance(i, RunStep))
 
-    @property
+    # The runner asks for these every tick; a plan does not change once made.
+    @cached_property
     def expected_duration_s(self) -> float:
         return sum(i.step.expected_s * self.multiplicity.get(k, 1) for k, i in enumerate(self.program)
                    if isinstance(i, RunStep))
 
-    @property
+    @cached_property
     def worst_case_duration_s(self) -> float:
         return sum(i.step.time_bound_s * self.multiplicity.get(k, 1) for k, i in enumerate(self.program)
                    if isinstance(i, RunStep))

@@ -197,6 +197,8 @@ class Runner:
         self._inbox = ControlInbox(store.folder)
         self._acknowledged: str | None = None  # the last operator request acted on
         self._next_status_wall = 0.0
+        self._loops_text_for: tuple = ()
+        self._loops_text_cached = ""
 
     # --- the run as a whole ----------------------------------------------------------
 
@@ -654,10 +656,16 @@ class Runner:
         self.store.event(kind, self.clock.now(), self.clock.unix_time(), **fields)
 
     def _loops_text(self) -> str:
-        loops = {i.loop.number: i.loop for i in self.plan.program if isinstance(i, LoopStart)}
-        return ", ".join(f"{loops[n].name}: {done + 1}/{loops[n].max_repeats}"
-                         for n, done in self.loop_iteration.items()
-                         if loops[n].start < self.pc < loops[n].end)
+        """'name: iteration/max' of each loop the program is in; worked out again only when the
+        program counter or an iteration has moved (the status asks for it every tick)."""
+        key = (self.pc, *self.loop_iteration.items())
+        if key != self._loops_text_for:
+            loops = {i.loop.number: i.loop for i in self.plan.program if isinstance(i, LoopStart)}
+            self._loops_text_for = key
+            self._loops_text_cached = ", ".join(f"{loops[n].name}: {done + 1}/{loops[n].max_repeats}"
+                                                for n, done in self.loop_iteration.items()
+                                                if loops[n].start < self.pc < loops[n].end)
+        return self._loops_text_cached
 
     def _status(self, sample: Sample) -> RunStatus:
         step = self.step

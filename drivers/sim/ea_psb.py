@@ -88,12 +88,11 @@ class SimEaPsb(TerminalScpiInstrument):
         current = (self.voltage_V - emf_V) / resistance_ohm
         current = min(max(current, -sink_limit), source_limit)
         terminal_V = emf_V + current * resistance_ohm
-        for alarm, tripped in (("OVP", terminal_V > self.ovp_V),
-                               ("OCP", abs(current) > self.ocp_A),
-                               ("OPP", abs(current * terminal_V) > self.opp_W)):
-            if tripped:
-                self.trip_protection(alarm)
-                return 0.0
+        alarm = ("OVP" if terminal_V > self.ovp_V else "OCP" if abs(current) > self.ocp_A
+                 else "OPP" if abs(current * terminal_V) > self.opp_W else None)
+        if alarm is not None:
+            self.trip_protection(alarm)
+            return 0.0
         return current
 
     def trip_protection(self, alarm: str) -> None:

@@ -233,7 +233,7 @@ class StackModel:
         terminal_V = emf_V + current_A * resistance_ohm
         r1 = self._layer_r1_ohm
         # Heat from the ohmic drop and the polarisation of the RC branch.
-        heat_W = current_A**2 * resistance_ohm + float((self.v_rc**2 / r1).sum())
+        heat_W = current_A**2 * resistance_ohm + float(self.v_rc @ (self.v_rc / r1))
 
         stored_Ah = current_A * dt_s / 3600.0
         if current_A > 0:
@@ -249,7 +249,7 @@ class StackModel:
         self._age()
 
         decay = math.exp(-dt_s / p.tau1_s)  # exact for constant current over the interval
-        self.v_rc = self.v_rc * decay + current_A * r1 * (1 - decay)
+        self.v_rc = self.v_rc * decay + (current_A * (1 - decay)) * r1
 
         tau_th = p.heat_capacity_J_per_K * p.thermal_resistance_K_per_W
         t_steady = p.ambient_degC + heat_W * p.thermal_resistance_K_per_W
