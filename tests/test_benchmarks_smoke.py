@@ -44,14 +44,18 @@ def test_run_py_runs_every_benchmark_and_writes_one_table_and_json(tmp_path):
     results = json.loads(out.read_text())
     assert results["sizes"] == "smoke"
     for benchmark in ("ticks_per_s", "life_test", "memory", "breach_to_off", "loopback", "sample_writing",
-                      "bk8500_pty", "breach_to_off_tcp", "summary"):
+                      "bk8500_pty", "breach_to_off_tcp", "summary", "drivers"):
         assert benchmark in results, benchmark
     for figure in figures(results):
         assert figure["min"] <= figure["median"] <= figure["max"] and all(
             math.isfinite(figure[key]) for key in ("median", "min", "max"))
+    # every instrument of every built-in bench is measured in process
+    assert "sim-e36312a-bk8500: bk-8500 measure()" in results["drivers"]["in_process_calls_per_s"]
+    assert set(results["drivers"]["over_tcp"]) == {"supply", "daq"}
     assert results["sample_writing"]["columns"] == 41  # 15 + T1 + ambient + pressure + 23 layers
     for label in ("ticks/s, full runner", "loopback TCP: tick / raw", "sample writer: rows/s, RunStore",
-                  "BK 8500 over pty: driver / raw", "breach to off over TCP / ms", "summary: ours / plain pandas"):
+                  "BK 8500 over pty: driver / raw", "breach to off over TCP / ms", "summary: ours / plain pandas",
+                  "TCP READ?: driver / raw", "in process, calls/s: sim-chamber: espec-chamber read()"):
         assert label in table, label
     assert f"written {out}" in table
 

@@ -47,6 +47,14 @@ noisy). The issue's targets are printed beside the figures they apply to, judged
    server's threads), and the runner ticks begun in between.
 9. per-cycle summary of a big file (summary.py, which also runs on its own): ours against a
    plain pandas groupby, each in a fresh process, interleaved.
+10. the drivers' own cost:
+   - over loopback TCP: the default bench's simulators served as in 5; each instrument's
+     measurement through its driver (the supply's measure(), the DAQ's scan()) against the one
+     pyvisa query it makes, sent raw on the driver's own VISA session, alternating call by call;
+     the ratio is the driver's overhead per query;
+   - in process, on the virtual clock: every measurement call of every instrument of every
+     built-in bench (measure(), scan(), the chamber's read()) through its driver and simulator,
+     the clock moved one tick between calls so that the physics runs as in a run: calls/s.
 """
 
 from __future__ import annotations
@@ -74,8 +82,8 @@ import yaml
 
 import summary
 from bench_common import resident_MB, summarise
-from stackcycler.bench import load_bench
-from stackcycler.channel import Channel
+from stackcycler.bench import builtin_benches, load_bench
+from stackcycler.channel import Channel, chamber_for, drive_for
 from stackcycler.cli import served_bench_text
 from stackcycler.clock import WallClock
 from stackcycler.drivers.bk8500 import Bk8500, Code, encode_frame
@@ -119,18 +127,106 @@ class Sizes:
     pty_queries: int
     summary_rows: int
     summary_repeats: int
+    driver_queries: int  # per instrument, over TCP and in process (benchmark 10)
     full: bool = True  # the sizes the issue's size-dependent targets are stated at
 
 
 FULL = Sizes(repeats=5, capacity_overrides={}, life_cycles=100, life_repeats=3, memory_samples=1_000_000,
              loopback_ticks=1000, loopback_repeats=3, writer_rows=300_000, pty_queries=1000,
-             summary_rows=summary.TARGET_ROWS, summary_repeats=3)
+             summary_rows=summary.TARGET_ROWS, summary_repeats=3, driver_queries=2000)
 QUICK = Sizes(repeats=3, capacity_overrides={"charge_rate_C": 1.0, "discharge_rate_C": 1.0, "rest_s": 60.0},
               life_cycles=3, life_repeats=2, memory_samples=50_000, loopback_ticks=100, loopback_repeats=2,
-              writer_rows=50_000, pty_queries=200, summary_rows=summary.QUICK_ROWS, summary_repeats=2, full=False)
+              writer_rows=50_000, pty_queries=200, summary_rows=summary.QUICK_ROWS, summary_repeats=2,
+              driver_queries=300, full=False)
 SMOKE = Sizes(repeats=1, capacity_overrides=QUICK.capacity_overrides, life_cycles=1, life_repeats=1,
               memory_samples=2000, loopback_ticks=5, loopback_repeats=1, writer_rows=2000, pty_queries=20,
-              summary_rows=10_000, summary_repeats=1, full=False)  # does the harness still run? (the tests)
+              summary_rows=10_000, summary_repeats=1, driver_queries=20, full=False)  # does the harness still run? (the tests)
+
+
+# --- 10. the drivers' own cost ------------------------------------------------------------------
+
+
+def measurement_calls(opened, config) -> dict[str, Callable[[], object]]:
+    """instrument name -> the call a tick makes of it: measure(), scan() or read()."""
+    calls = {}
+    for name in config.drive_instruments().values():
+        calls[name] = opened.drivers[name].measure
+    for name in config.meter_names():
+        calls[name] = opened.drivers[name].scan
+    if config.chamber:
+        calls[config.chamber] = opened.drivers[config.chamber].read
+    return calls
+
+
+def configured_channel(opened, config, name: str) -> Channel:
+    """A channel on the opened instruments with its scans set up (the DAQ needs one to read)."""
+    channel = Channel(name, config, drive_for(config, opened.drivers),
+                      {meter: opened.drivers[meter] for meter in config.meter_names()}, opened.clock,
+                      chamber_for(config, opened.drivers))
+    channel.configure(SafetyEnvelope.tightest(config.dut.safety))
+    return channel
+
+
+def driver_over_raw_pyvisa(queries: int, repeats: int) -> dict:
+    # The one query each call makes, as the driver sends it (drivers/ea_psb.py, keysight_daq970a.py).
+    raw_query = {"supply": "MEAS:ARR?", "daq": "READ?"}
+    per_instrument: dict[str, dict[str, list[float]]] = {name: {"driver": [], "raw": []} for name in raw_query}
+    with served_bench("sim", LOOPBACK_TICK_S) as (bench_path, _):
+        bench = load_bench(str(bench_path))
+        name, config = next(iter(bench.config.channels.items()))
+        opened = open_bench(bench, set(raw_query), speed=None)
+        try:
+            configured_channel(opened, config, name)
+            calls = measurement_calls(opened, config)
+            for _ in range(repeats):
+                for instrument, message in raw_query.items():
+                    call, session = calls[instrument], opened.drivers[instrument].transport._session
+                    driver_s, raw_s = [], []
+                    for _ in range(queries):  # alternating, so that drift hits both alike
+                        start = time.perf_counter()
+                        call()
+                        middle = time.perf_counter()
+                        session.query(message)
+                        driver_s.append(middle - start)
+                        raw_s.append(time.perf_counter() - middle)
+                    per_instrument[instrument]["driver"].append(statistics.median(driver_s) * 1e6)
+                    per_instrument[instrument]["raw"].append(statistics.median(raw_s) * 1e6)
+        finally:
+            opened.close()
+    return {instrument: {"query": raw_query[instrument], "driver_us": summarise(times["driver"]),
+                         "raw_us": summarise(times["raw"]),
+                         "ratio": summarise([d / r for d, r in zip(times["driver"], times["raw"])])}
+            for instrument, times in per_instrument.items()}
+
+
+def in_process_calls_per_s(queries: int, repeats: int) -> dict:
+    rates: dict[str, list[float]] = {}
+    for bench_name in sorted(builtin_benches()):
+        bench = load_bench(bench_name)
+        name, config = next(iter(bench.config.channels.items()))
+        instruments = {*config.drive_instruments().values(), *config.meter_names(),
+                       *([config.chamber] if config.chamber else [])}
+        opened = open_bench(bench, instruments, speed=None)
+        try:
+            configured_channel(opened, config, name)
+            tick_s = config.tick_s
+            for instrument, call in measurement_calls(opened, config).items():
+                label = f"{bench_name}: {bench.config.instruments[instrument].driver} {call.__name__}()"
+                for _ in range(repeats):
+                    start_s = opened.clock.now()
+                    start = time.perf_counter()
+                    for k in range(1, queries + 1):
+                        opened.clock.sleep_until(start_s + k * tick_s)
+                        call()
+                    rates.setdefault(label, []).append(queries / (time.perf_counter() - start))
+        finally:
+            opened.close()
+    return {label: summarise(values) for label, values in rates.items()}
+
+
+def driver_cost(sizes: Sizes) -> dict:
+    return {"over_tcp": driver_over_raw_pyvisa(sizes.driver_queries, sizes.repeats),
+            "in_process_calls_per_s": in_process_calls_per_s(sizes.driver_queries, sizes.repeats)}
 
 
 # --- instrumentation shared by several benchmarks ------------------------------------------------
@@ -745,6 +841,13 @@ def table_rows(results: dict, sizes: Sizes) -> list[tuple[str, dict, tuple | Non
         ("summary: ours / plain pandas", big["ours_over_baseline"], None),
         ("summary: peak RSS / MB, ours", big["ours"]["peak_MB"], at_full_size(target("<", summary.TARGET_PEAK_MB))),
     ]
+    drivers = results["drivers"]
+    for instrument, cost in drivers["over_tcp"].items():
+        rows += [(f"TCP {cost['query']} via driver / us", cost["driver_us"], None),
+                 (f"TCP {cost['query']} raw pyvisa / us", cost["raw_us"], None),
+                 (f"TCP {cost['query']}: driver / raw", cost["ratio"], target("<=", 1.10))]
+    rows += [(f"in process, calls/s: {label}", rate, None)
+             for label, rate in drivers["in_process_calls_per_s"].items()]
     return rows
 
 
@@ -765,6 +868,14 @@ def print_notes(results: dict, sizes: Sizes) -> None:
     tcp_breach, writing, big = results["breach_to_off_tcp"], results["sample_writing"], results["summary"]
     if "ours_over_pybamm" not in life:
         print(f"life test against PyBaMM skipped: {life['pybamm']} (target ours / PyBaMM < 1)")
+    else:
+        # What beating PyBaMM asks of one tick: its time per cycle spread over the ticks of our cycle.
+        ticks_per_cycle = life["ours_ticks_per_s"]["median"] * life["ours_s_per_cycle"]["median"]
+        budget_us = life["pybamm_s_per_cycle"]["median"] / ticks_per_cycle * 1e6
+        ticks = results["ticks_per_s"]
+        print(f"life test: {ticks_per_cycle:,.0f} ticks per cycle; to match PyBaMM a whole tick may cost "
+              f"{budget_us:.1f} us, ours costs {1e6 / life['ours_ticks_per_s']['median']:.1f} us, of which the "
+              f"instrument I/O alone (bare measure) {1e6 / ticks['bare_measure']['median']:.1f} us")
     print(f"memory: RSS {memory['resident_at_warm_up_MB']:.1f} MB after {memory['warm_up_samples']:,} samples, "
           f"peak {memory['peak_after_warm_up_MB']:.1f} MB after that, {memory['resident_at_last_sample_MB']:.1f} MB "
           f"at the last sample; target growth < 50 MB over 1,000,000 samples")
@@ -808,6 +919,7 @@ def main() -> int:
     results["breach_to_off_tcp"] = breach_to_off_ms(results["breach_to_off"]["first_over_limit_s"] - BREACH_LEAD_S,
                                                     sizes.repeats)
     results["summary"] = summary.compare(sizes.summary_rows, sizes.summary_repeats)
+    results["drivers"] = driver_cost(sizes)
     results["wall_s"] = time.perf_counter() - started
     results["load_average_after"] = os.getloadavg()
 
