@@ -28,7 +28,7 @@ from .protocol import Loop
 from .runner import StopRequest
 from .lab import lab_presence
 from .session import (RunRequest, check_against_instruments, dry_run, execute, execute_together, prepare, resume,
-                      stop_on_signals)
+                      resume_together, stop_on_signals)
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -177,40 +177,60 @@ def _reporter(title: str):
 
 
 @main.command("resume", epilog=EXIT_CODE_HELP)
-@click.argument("run_folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_folders", nargs=-1, required=True, metavar="RUN_FOLDER...",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Continue without asking (needed when there is no terminal).")
 @click.option("--force", is_flag=True, help="Continue even though the DUT is not where the run left it.")
 @click.option("--speed", default=None, metavar="max|N",
               help="Simulated runs only: continue at this speed instead of the run's own.")
-def resume_command(run_folder, yes, force, speed):
+def resume_command(run_folders, yes, force, speed):
     """Continue a crashed or interrupted run from its checkpoint: the same step, loops, cycle and counts.
 
     Shows where it would continue and the DUT now against the DUT then, and asks first.
-    Declining switches nothing on (exit code 130)."""
+    Declining switches nothing on (exit code 130).
 
-    def confirm(preview) -> bool:
-        console.print(preview.text(), markup=False)
+    Several run folders of one bench (the channels of one `cycler run --channel a --channel b`)
+    continue together, as they ran: one preview per channel, one question for all, and nothing is
+    switched on anywhere if any channel's DUT is not where its run left it (unless --force)."""
+
+    def confirm(previews) -> bool:
+        for preview in previews:
+            console.print(preview.text(), markup=False)
         if yes:
             return True
         if not sys.stdin.isatty():
             raise InvalidInput("resume asks before it continues; with no terminal to ask on, pass --yes")
-        return click.confirm("continue the run?", default=False)
+        return click.confirm("continue the run?" if len(previews) == 1
+                             else f"continue the {len(previews)} runs together?", default=False)
 
     try:
         stop = StopRequest()
-        with stop_on_signals(stop), lab_presence(run_folder.parent, _lab_log):
+        with stop_on_signals(stop), lab_presence(run_folders[0].parent, _lab_log):
             speed_choice = {} if speed is None else {"speed": _speed(speed)}
-            result = resume(run_folder, _reporter(f"resume {run_folder.name}"), confirm, stop, force, **speed_choice)
+            if len(run_folders) == 1:
+                only = run_folders[0]
+                result = resume(only, _reporter(f"resume {only.name}"), lambda preview: confirm([preview]), stop,
+                                force, **speed_choice)
+                results = None if result is None else [result]
+            else:
+                print(f"stackcycler {__version__}: resume " + ", ".join(f.name for f in run_folders), flush=True)
+                results = resume_together(list(run_folders), lambda channel: PlainReporter(prefix=f"[{channel}] "),
+                                          confirm, stop, force, **speed_choice)
     except StackcyclerError as error:
         _fail(error)
         return
     except KeyboardInterrupt:
         errors.print("[bold red]INTERRUPTED[/bold red] while reconnecting the bench; outputs were left off")
         sys.exit(int(ExitCode.INTERRUPTED))
-    if result is None:
+    if results is None:
         console.print("not resumed; nothing was switched on", markup=False)
         sys.exit(int(ExitCode.INTERRUPTED))
-    _report(result)
+    if len(results) == 1:
+        _report(results[0])
+        return
+    for result in results:
+        _report(result, leave=False)
+    sys.exit(int(most_serious(r.outcome.exit_code for r in results)))
 
 
 @main.command(epilog=EXIT_CODE_HELP)

@@ -177,7 +177,7 @@ class Runner:
         self._last_recorded: Sample | None = None
         self._force_record = True
         self._next_health_check = 0.0
-        self._last_checkpoint_wall = time.monotonic()
+        self._last_checkpoint_wall = -float("inf")  # the first tick ends with one: a run killed early resumes
         self._snapshot = snapshot
         self._resumed = False
         self._last_sample: Sample | None = None

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from stackcycler import __version__
 from stackcycler.drivers.registry import DRIVERS
-from stackcycler.drivers.sim.simulation import Simulation, build_simulation
-from stackcycler.drivers.transport import DEFAULT_BAUD_RATE, open_byte_transport, open_transport
+from stackcycler.drivers.sim.simulation import MAIN_STACK, Simulation, build_simulation
+from stackcycler.drivers.transport import (DEFAULT_BAUD_RATE, SIM_SCHEME, open_byte_transport,
+                                         open_transport)
 from stackcycler.protocols import ProtocolFile, load_protocol
 
 from .analysis import SUMMARY_INPUTS, result_line, summarise, summary_records
@@ -36,7 +37,7 @@ from .dataset import load as load_data
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel, chamber_for, drive_for, unsupported_steps
 from .clock import Clock, VirtualClock, WallClock
-from .operation import this_host
+from .operation import run_state, this_host
 from .control import control_for
 from .errors import InvalidInput, StackcyclerError, StorageFailure, UnreadableInput
 from .locks import InstrumentLocks
@@ -357,6 +358,10 @@ def _log_instrument_notices(opened: OpenBench, store: RunStore, prepared: Prepar
 def _note_locks(opened: OpenBench, store: RunStore) -> None:
     """Name the run in its instrument locks, and log any lock a crashed run had left."""
     opened.locks.rename(f"run {store.folder.resolve()}")
+    _log_stale_locks(opened, store)
+
+
+def _log_stale_locks(opened: OpenBench, store: RunStore) -> None:
     for stale in opened.locks.stale:
         store.event("stale_lock_released", opened.clock.now(), opened.clock.unix_time(), lock=stale)
 
@@ -437,23 +442,18 @@ def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
                         holder="runs on channels " + ", ".join(p.channel_name for p in runs) + " (starting)")
     stores: list[RunStore] = []
     try:
-        meter_names = sorted(set().union(*(p.channel.meter_names() for p in runs)))
-        wiring = {name: [] for name in meter_names}
-        for prepared in runs:
-            for name, inputs in _channel(prepared, opened).meter_inputs().items():
-                wiring[name] += inputs
-        shared = {name: SharedMeter(opened.drivers[name], name, wiring[name]) for name in meter_names}
+        channels, shared = _channels_sharing_meters(runs, opened)
         runners = []
-        for prepared, reporter in zip(runs, reporters):
-            config = prepared.channel
-            channel = Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
-                              {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
-                              opened.clock, chamber_for(config, opened.drivers))
+        for prepared, channel, reporter in zip(runs, channels, reporters):
             runner, store = _new_run(prepared, opened, channel, reporter, stop)
             runners.append(runner)
             stores.append(store)
+        # each folder names its siblings, so that a resume of one after a crash can point to the others
+        together = {prepared.channel_name: store.folder.name for prepared, store in zip(runs, stores)}
+        for store in stores:
+            store.update_metadata(run_together=together)
         try:
-            run_together(runners, opened.clock, stop, list(shared.values()))
+            run_together(runners, opened.clock, stop, shared)
         finally:
             for store in stores:
                 store.close()
@@ -462,12 +462,34 @@ def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
         opened.close()
 
 
+def _channels_sharing_meters(runs: list[PreparedRun], opened: OpenBench) -> tuple[list[Channel], list[SharedMeter]]:
+    """The channels of runs that go on together: what drives each DUT is its own; a meter several
+    channels read is one SharedMeter that scans the union of their inputs."""
+    meter_names = sorted(set().union(*(p.channel.meter_names() for p in runs)))
+    wiring = {name: [] for name in meter_names}
+    for prepared in runs:
+        for name, inputs in _channel(prepared, opened).meter_inputs().items():
+            wiring[name] += inputs
+    shared = {name: SharedMeter(opened.drivers[name], name, wiring[name]) for name in meter_names}
+    channels = []
+    for prepared in runs:
+        config = prepared.channel
+        channels.append(Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
+                                {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
+                                opened.clock, chamber_for(config, opened.drivers)))
+    return channels, list(shared.values())
+
+
 def _check_together(runs: list[PreparedRun]) -> None:
     names = [p.channel_name for p in runs]
     if len(set(names)) != len(names):
         raise InvalidInput("a channel is named twice: " + ", ".join(names))
     if len({p.bench.path for p in runs}) != 1 or len({p.request.speed for p in runs}) != 1:
         raise InvalidInput("channels run together must be on one bench, at one speed")
+    _check_outputs_not_shared(runs)
+
+
+def _check_outputs_not_shared(runs: list[PreparedRun]) -> None:
     users: dict[str, str] = {}
     for prepared in runs:
         for role, name in prepared.channel.drive_instruments().items():
@@ -500,9 +522,11 @@ class ResumePreview:
     now: Sample
     output_found_on: bool
     problems: list[str]
+    channel: str | None = None  # named when several runs are resumed together
+    notes: list[str] = field(default_factory=list)  # e.g. a sibling run that could be resumed with this one
 
     def text(self) -> str:
-        lines = [f"resume {self.folder.name}",
+        lines = [f"resume {self.folder.name}" + (f" (channel {self.channel})" if self.channel else ""),
                  f"  continue at step {self.step.number} ({self.step.name}: {self.step.setpoint()}) after "
                  f"{self.step_time_s:.0f} s of it, cycle {self.cycle}",
                  f"  gap since the last checkpoint: {self.gap_s:.0f} s",
@@ -510,6 +534,7 @@ class ResumePreview:
         if self.output_found_on:
             lines.append("  an output (supply, source or load) was still ON: it has been switched off; charge moved "
                          "during the gap is not in the data")
+        lines += [f"  note: {note}" for note in self.notes]
         lines += [f"  NOT CONSISTENT: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -534,6 +559,9 @@ def _consistency_problems(then: dict, now: Sample) -> list[str]:
 
 
 KEEP_SPEED = object()
+# Runs resumed together share one clock, so their test times must count from one moment: runs
+# started together by `cycler run --channel a --channel b` began within milliseconds.
+TOGETHER_START_TOLERANCE_S = 1.0
 
 
 def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest | None = None,
@@ -541,14 +569,29 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
     """Continue a run from its checkpoint. `confirm(preview)` decides after seeing where it would
     continue and how the DUT is now; None if it said no (nothing was switched on). A simulated
     run continues at its own speed unless `speed` is given (None: as fast as possible)."""
-    stop = stop or StopRequest()
+    results = resume_together([folder], lambda channel: reporter, lambda previews: confirm(previews[0]), stop, force,
+                              speed)
+    return None if results is None else results[0]
+
+
+@dataclass
+class _Resumable:
+    """A run folder that can be resumed: what it recorded, its checkpoint, and its plan as it was run."""
+
+    folder: Path
+    meta: dict
+    checkpoint: dict
+    prepared: PreparedRun
+
+
+def _resumable(folder: Path) -> _Resumable:
     folder = Path(folder)
     try:
         meta = read_json(folder / METADATA_FILE)
         checkpoint = read_json(folder / CHECKPOINT_FILE)
     except FileNotFoundError as missing:
         raise UnreadableInput(f"{folder}: not a run folder that can be resumed ({Path(missing.filename).name} "
-                              "is missing: the run stopped before its first step)") from None
+                              "is missing: the run stopped before the end of its first tick)") from None
     if meta.get("state") not in RESUMABLE:
         raise InvalidInput(f"{folder}: the run ended {meta.get('state')} ({meta.get('reason', '')}); only a run that "
                            f"crashed or stopped ({', '.join(RESUMABLE)}) is resumed. Start a new run instead.")
@@ -557,49 +600,261 @@ def resume(folder: Path, reporter: ProgressReporter, confirm, stop: StopRequest 
         # killed after its last step, before run.json said how it ended (see Runner._finish)
         raise InvalidInput(f"{folder}: the run had finished its protocol when its process stopped (its last "
                            "checkpoint is past the last step); nothing is left to resume. Start a new run instead.")
+    return _Resumable(folder, meta, checkpoint, prepared)
+
+
+def resume_together(folders: list[Path], reporter_for: Callable[[str], ProgressReporter], confirm,
+                    stop: StopRequest | None = None, force: bool = False,
+                    speed=KEEP_SPEED) -> list[RunResult] | None:
+    """Continue several runs of one bench (the channels of a `cycler run --channel a --channel b`
+    that crashed together) in one process, as they ran: one open bench, shared meters scanned for
+    all, each runner from its own checkpoint and reporting to `reporter_for(channel name)`.
+    `confirm(previews)` sees every channel's preview and decides for all; None if it said no.
+    Nothing is switched on anywhere unless every channel's DUT is where its run left it (or
+    `force`). One folder is `resume`."""
+    stop = stop or StopRequest()
+    runs = [_resumable(Path(folder)) for folder in folders]
+    _check_resumed_together(runs)
+    bench = runs[0].prepared.bench
     if speed is not KEEP_SPEED:
-        if not prepared.bench.config.simulated:
+        if not bench.config.simulated:
             raise InvalidInput("--speed applies to simulated benches only; this run drives real instruments")
-        prepared.request.speed = speed
-    speed = prepared.request.speed if prepared.bench.config.simulated else 1.0
-    # at least one tick of gap, so that no timestamp of the run repeats
-    gap_s = max(max(time.time() - checkpoint["wall_unix_time_s"], 0.0) * (speed or 0.0), prepared.channel.tick_s)
-    now_s = checkpoint["test_time_s"] + gap_s
-    opened = open_bench(prepared.bench, _instrument_names(prepared), prepared.request.speed, start_s=now_s,
-                        start_unix=meta["start_unix_time_s"], simulation_state=checkpoint.get("simulation"),
-                        holder=f"run {folder.resolve()} (resuming)")
+        for run in runs:
+            run.prepared.request.speed = speed
+    elif len({run.prepared.request.speed for run in runs}) > 1:
+        raise InvalidInput("the runs ran at different speeds (" + ", ".join(
+            f"{run.folder.name}: {run.meta['bench'].get('speed')}" for run in runs) + "); give one with --speed")
+    now_s, gaps = _resume_clock(runs, runs[0].prepared.request.speed if bench.config.simulated else 1.0)
+    single = len(runs) == 1
+    holder = (f"run {runs[0].folder.resolve()}" if single
+              else "runs " + ", ".join(str(run.folder.resolve()) for run in runs))
+    opened = open_bench(bench, set().union(*(_instrument_names(run.prepared) for run in runs)),
+                        runs[0].prepared.request.speed, start_s=now_s, start_unix=runs[0].meta["start_unix_time_s"],
+                        simulation_state=_simulation_state(runs, bench.config), holder=f"{holder} (resuming)")
+    channels: list[Channel] = []
+    stores: list[RunStore] = []
+    handed_over = False  # to the runners, which end in the safe state however they end
     try:
-        channel = _channel(prepared, opened)
-        columns = sample_columns(channel)
-        if [c.name for c in columns] != meta["columns"]:
-            raise InvalidInput(f"{folder}: the channel's inputs no longer match the run's columns")
-        channel.configure(prepared.plan.envelope)
-        now = channel.measure()
-        instruction = prepared.plan.program[checkpoint["program_counter"]]
-        preview = ResumePreview(folder, instruction.step, checkpoint["step_time_s"], checkpoint["cycle_count"],
-                                gap_s, checkpoint["last_sample"], now, channel.drive.output_found_on,
-                                _consistency_problems(checkpoint["last_sample"], now))
-        if preview.problems and not force:
-            raise InvalidInput(preview.text() + "\nresume refused: the DUT is not where the run left it "
+        if single:
+            channels, shared = [_channel(runs[0].prepared, opened)], []
+        else:
+            channels, shared = _channels_sharing_meters([run.prepared for run in runs], opened)
+        named = {run.prepared.channel_name for run in runs}
+        previews = []
+        for run, channel, gap_s in zip(runs, channels, gaps):
+            columns = sample_columns(channel)
+            if [c.name for c in columns] != run.meta["columns"]:
+                raise InvalidInput(f"{run.folder}: the channel's inputs no longer match the run's columns")
+            channel.configure(run.prepared.plan.envelope)
+            now = channel.measure()
+            checkpoint = run.checkpoint
+            instruction = run.prepared.plan.program[checkpoint["program_counter"]]
+            previews.append(ResumePreview(run.folder, instruction.step, checkpoint["step_time_s"],
+                                          checkpoint["cycle_count"], gap_s, checkpoint["last_sample"], now,
+                                          channel.drive.output_found_on,
+                                          _consistency_problems(checkpoint["last_sample"], now),
+                                          None if single else run.prepared.channel_name,
+                                          _sibling_notes(run, named)))
+        inconsistent = [preview for preview in previews if preview.problems]
+        if inconsistent and not force:
+            if single:
+                raise InvalidInput(previews[0].text() + "\nresume refused: the DUT is not where the run left it "
+                                   "(--force continues anyway)")
+            raise InvalidInput("\n".join(preview.text() for preview in previews) + "\nresume refused: the DUT of "
+                               + " and of ".join(f"channel {p.channel} ({p.folder.name})" for p in inconsistent)
+                               + " is not where its run left it; nothing was switched on on any channel "
                                "(--force continues anyway)")
-        if not confirm(preview):
+        if not confirm(previews):
             return None
-        store, rows_cut = RunStore.reopen(folder, columns, checkpoint["records"])
-        _note_locks(opened, store)
-        _log_instrument_notices(opened, store, prepared)
-        snapshot = opened.simulation.snapshot if opened.simulation else None
-        runner = Runner(prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
-        runner.restore(checkpoint, opened.clock.now())
-        store.event("resumed", opened.clock.now(), opened.clock.unix_time(), from_test_time_s=checkpoint["test_time_s"],
-                    gap_s=round(gap_s, 3), rows_after_checkpoint_dropped=rows_cut, step=instruction.step.number,
-                    output_found_on=preview.output_found_on, voltage_at_checkpoint_V=preview.then["voltage_V"],
-                    voltage_now_V=now.voltage_V, forced=bool(preview.problems))
-        store.update_metadata(state="running", pid=os.getpid(), host=this_host(),
-                              resumed_times=meta.get("resumed_times", 0) + 1,
-                              last_resume=utc_iso(time.time()))
-        return _run_and_summarise(runner, store, opened)
+        rows_cut = []
+        for run, channel in zip(runs, channels):  # every folder first: one that cannot be written stops them all
+            store, cut = RunStore.reopen(run.folder, sample_columns(channel), run.checkpoint["records"])
+            stores.append(store)
+            rows_cut.append(cut)
+        runners = [_restored_runner(run, channel, preview, store, cut, opened, reporter_for(run.prepared.channel_name),
+                                    stop)
+                   for run, channel, preview, store, cut in zip(runs, channels, previews, stores, rows_cut)]
+        opened.locks.rename(holder)
+        handed_over = True
+        if single:
+            return [_run_and_summarise(runners[0], stores[0], opened)]
+        try:
+            run_together(runners, opened.clock, stop, shared)
+        finally:
+            for store in stores:
+                store.close()
+        return [_summarise(runner, store, opened) for runner, store in zip(runners, stores)]
     finally:
-        opened.close()
+        try:
+            if not handed_over:
+                _switch_off(channels)
+            for store in stores:
+                store.close()
+        finally:
+            opened.close()
+
+
+def _restored_runner(run: _Resumable, channel: Channel, preview: ResumePreview, store: RunStore, rows_cut: int,
+                     opened: OpenBench, reporter: ProgressReporter, stop: StopRequest) -> Runner:
+    """The runner of a reopened run folder, at its checkpoint, with the gap and the resume recorded."""
+    checkpoint, now = run.checkpoint, preview.now
+    _log_stale_locks(opened, store)
+    _log_instrument_notices(opened, store, run.prepared)
+    snapshot = opened.simulation.snapshot if opened.simulation else None
+    runner = Runner(run.prepared.plan, channel, opened.clock, store, reporter, stop, snapshot)
+    runner.restore(checkpoint, opened.clock.now())
+    store.event("resumed", opened.clock.now(), opened.clock.unix_time(), from_test_time_s=checkpoint["test_time_s"],
+                gap_s=round(preview.gap_s, 3), rows_after_checkpoint_dropped=rows_cut, step=preview.step.number,
+                output_found_on=preview.output_found_on, voltage_at_checkpoint_V=preview.then["voltage_V"],
+                voltage_now_V=now.voltage_V, forced=bool(preview.problems))
+    store.update_metadata(state="running", pid=os.getpid(), host=this_host(),
+                          resumed_times=run.meta.get("resumed_times", 0) + 1,
+                          last_resume=utc_iso(time.time()))
+    return runner
+
+
+def _switch_off(channels: list[Channel]) -> None:
+    """Outputs off on every channel a resume set up but did not hand to its runner (refused,
+    declined, or an error). Connecting switched them off already; this confirms it, best effort."""
+    for channel in channels:
+        try:
+            channel.safe_state()
+        except Exception:
+            pass  # the others must still be switched off; the error that ended the resume is reported
+
+
+def _resume_clock(runs: list[_Resumable], speed: float | None) -> tuple[float, list[float]]:
+    """The test time to continue at, and each run's gap since its checkpoint. A simulated run's
+    gap is the wall time since its checkpoint at its speed; at least one tick, so that no
+    timestamp repeats. Runs resumed together continue at one moment: the latest any of them
+    reaches, so a run whose checkpoint is older has the longer gap."""
+    ends = []
+    for run in runs:
+        checkpoint = run.checkpoint
+        gap_s = max(max(time.time() - checkpoint["wall_unix_time_s"], 0.0) * (speed or 0.0),
+                    run.prepared.channel.tick_s)
+        ends.append((checkpoint["test_time_s"] + gap_s, gap_s))
+    now_s = max(end for end, _ in ends)
+    return now_s, [gap_s if end == now_s else now_s - run.checkpoint["test_time_s"]
+                   for run, (end, gap_s) in zip(runs, ends)]
+
+
+def _check_resumed_together(runs: list[_Resumable]) -> None:
+    """Runs resumed together: each named once, one bench, one channel each, one clock."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        other = seen.setdefault(run.folder.resolve(), run.folder)
+        if other is not run.folder:
+            raise InvalidInput(f"{run.folder}: named twice; name each run folder once")
+    first = runs[0]
+    bench = first.meta["bench"]
+    for run in runs[1:]:
+        other = run.meta["bench"]
+        if other["name"] != bench["name"]:
+            raise InvalidInput(f"{first.folder} ran on bench '{bench['name']}' and {run.folder} on bench "
+                               f"'{other['name']}': only runs of one bench are resumed together; resume them one "
+                               "at a time")
+        if other["resolved"] != bench["resolved"]:
+            raise InvalidInput(f"{first.folder} and {run.folder} ran on different versions of bench '{bench['name']}' "
+                               "(the bench file changed between them): only runs of one bench are resumed together; "
+                               "resume them one at a time")
+    channels: dict[str, Path] = {}
+    for run in runs:
+        other = channels.setdefault(run.prepared.channel_name, run.folder)
+        if other is not run.folder:
+            raise InvalidInput(f"{other} and {run.folder} both ran on channel '{run.prepared.channel_name}' of bench "
+                               f"'{bench['name']}': a channel continues one run; resume the one you mean")
+    for run in runs[1:]:
+        apart_s = abs(run.meta["start_unix_time_s"] - first.meta["start_unix_time_s"])
+        if apart_s > TOGETHER_START_TOLERANCE_S:
+            raise InvalidInput(f"{first.folder} and {run.folder} were not started together (their test clocks began "
+                               f"{apart_s:.0f} s apart), so they cannot continue on one clock: resume them one at a time")
+    _check_outputs_not_shared([run.prepared for run in runs])
+
+
+def _sibling_notes(run: _Resumable, named: set[str]) -> list[str]:
+    """The runs started together with this one (`run_together` in run.json, see execute_together)
+    that crashed or stopped too but are not being resumed with it: a hint to name them as well."""
+    notes = []
+    for channel, name in (run.meta.get("run_together") or {}).items():
+        if channel in named or not _crashed_or_stopped(run.folder.parent / name):
+            continue
+        config = run.prepared.bench.config
+        shared = sorted(run.prepared.channel.instrument_names() & config.channels[channel].instrument_names()
+                        if channel in config.channels else ())
+        why = (f"; resumed one at a time, the second waits until the first ends for {', '.join(shared)}, which they "
+               "share" if shared and not config.simulated else "")
+        notes.append(f"channel {channel} ran together with this run and can be resumed too: name both, "
+                     f"`cycler resume {run.folder} {run.folder.parent / name}`, to continue them together{why}")
+    return notes
+
+
+def _crashed_or_stopped(folder: Path) -> bool:
+    """Whether `cycler resume` would take this folder: a run that stopped or whose process is gone."""
+    try:
+        state = run_state(folder).state
+    except StackcyclerError:
+        return False
+    resumable = state == "crashed" or (state in RESUMABLE and state != "running")
+    return resumable and (folder / CHECKPOINT_FILE).is_file()
+
+
+def _simulation_state(runs: list[_Resumable], config: BenchConfig) -> dict | None:
+    """The simulated hardware to continue from: one run's checkpoint holds a snapshot of it.
+
+    Runs resumed together hold snapshots from different moments (each channel checkpoints on its
+    own), and each run's data is cut back to its own checkpoint. So each simulated stack comes
+    from the checkpoint of the channel that drives it, at that checkpoint's moment, together with
+    what drives it (supply, source, load, chamber): the stack then carries on from exactly where
+    that run's data left it, under the settings its instruments had then, and its counts
+    (charge, energy) match the run's integrators; taking it from a later snapshot would add charge
+    that is in no run's data. What no single channel owns (a shared DAQ, a stack no resumed
+    channel drives) comes from the latest snapshot, the freshest knowledge of it; so does a fault
+    of the schedule, unless it acts on an owned stack or instrument, when it comes with them."""
+    snapshots = [(run, run.checkpoint.get("simulation")) for run in runs]
+    snapshots = [(run, snapshot) for run, snapshot in snapshots if snapshot]
+    if len(runs) == 1 or not snapshots:
+        return snapshots[0][1] if snapshots else None
+    latest = max((snapshot for _, snapshot in snapshots), key=lambda snapshot: snapshot["time_s"])
+    simulated = config.simulation.instruments if config.simulation else {}
+    drivers_of: dict[str, list[dict]] = {}  # simulated instrument -> snapshots of the channels that drive it
+    for run, snapshot in snapshots:
+        channel = run.prepared.channel
+        for name in channel.instrument_names() - channel.meter_names():
+            resource = config.instruments[name].resource
+            if resource.startswith(SIM_SCHEME):
+                drivers_of.setdefault(resource[len(SIM_SCHEME):], []).append(snapshot)
+    stack_drivers: dict[str, list[dict]] = {}
+    for name, owners in drivers_of.items():
+        if name in simulated:
+            stack_drivers.setdefault(simulated[name].stack, []).extend(owners)
+
+    def one_owner(owners: list[dict] | None) -> dict | None:
+        return owners[0] if owners and all(owner is owners[0] for owner in owners) else None
+
+    instrument_source = {name: one_owner(owners) for name, owners in drivers_of.items()}
+    stack_source = {stack: one_owner(owners) for stack, owners in stack_drivers.items()}
+
+    def stacks_of(snapshot: dict) -> dict:
+        return snapshot.get("stacks") or {MAIN_STACK: snapshot["stack"]}
+
+    stacks = {name: (stack_source.get(name) or latest) for name in stacks_of(latest)}
+    merged = {"time_s": latest["time_s"],
+              "stacks": {name: stacks_of(source)[name] for name, source in stacks.items()},
+              "stack_times_s": {name: source["time_s"] for name, source in stacks.items()},
+              "instruments": {name: (instrument_source.get(name) or latest)["instruments"][name]
+                              for name in latest["instruments"]},
+              "faults": latest.get("faults")}
+    if merged["faults"] and config.simulation:
+        applied, first = list(merged["faults"]["applied"]), list(merged["faults"]["first_applied_s"])
+        for index, fault in enumerate(config.simulation.faults):
+            source = stack_source.get(getattr(fault, "stack", None)) or instrument_source.get(
+                getattr(fault, "instrument", None))
+            faults = source.get("faults") if source else None
+            if faults and len(faults["applied"]) == len(applied) and index < len(applied):
+                applied[index], first[index] = faults["applied"][index], faults["first_applied_s"][index]
+        merged["faults"] = {"applied": applied, "first_applied_s": first}
+    return merged
 
 
 def _prepare_resume(folder: Path, meta: dict) -> PreparedRun:

@@ -110,16 +110,19 @@ class Simulation:
                 "faults": self.faults.snapshot() if self.faults else None}
 
     def restore(self, state: dict) -> None:
-        """Continue from a snapshot: the hardware carries on, untouched, until the clock's now."""
+        """Continue from a snapshot: the hardware carries on, untouched, until the clock's now.
+        `stack_times_s` (optional, stack -> test time) gives a stack a moment of its own: several
+        channels resumed together bring snapshots taken at different moments (session.py)."""
         stacks = state.get("stacks") or {MAIN_STACK: state["stack"]}  # runs checkpointed with one stack
+        stack_times = state.get("stack_times_s") or {}
         for name, stack_state in stacks.items():
             self.worlds[name].stack.restore(stack_state)
         for name, instrument_state in state["instruments"].items():
             self.instruments[name].restore(instrument_state)
         if self.faults is not None and state.get("faults"):
             self.faults.restore(state["faults"])  # before the worlds move: a fault that formed stays formed
-        for world in self.worlds.values():
-            world.set_time(state["time_s"])
+        for name, world in self.worlds.items():
+            world.set_time(stack_times.get(name, state["time_s"]))
             world.sync()
 
 
