@@ -502,6 +502,9 @@ def _check_outputs_not_shared(runs: list[PreparedRun]) -> None:
 # --- resuming a run after a crash, a power cut or an interruption ------------------------------
 
 RESUMABLE = ("running", "interrupted", "faulted", "storage_failure", "error")
+# What `cycler status` calls a run whose process is alive (a fresh heartbeat, or its pid on this
+# host): see operation.run_state. "not responding" is alive but hung: still the folder's writer.
+LIVE_STATES = ("running", "paused", "suspended", "not responding")
 # How far the DUT may have moved from the checkpoint before a resume is refused: a stack that has
 # only relaxed (current off) stays well inside; a different stack, or one discharged or charged
 # during the gap, does not.
@@ -595,6 +598,12 @@ def _resumable(folder: Path) -> _Resumable:
     if meta.get("state") not in RESUMABLE:
         raise InvalidInput(f"{folder}: the run ended {meta.get('state')} ({meta.get('reason', '')}); only a run that "
                            f"crashed or stopped ({', '.join(RESUMABLE)}) is resumed. Start a new run instead.")
+    live = run_state(folder)
+    if live.state in LIVE_STATES:  # two processes writing one folder would interleave its rows
+        where = "this host" if meta.get("host") == this_host() else f"host {meta.get('host')}"
+        raise InvalidInput(f"{folder}: the run is still going ({live.state}, process {meta.get('pid')} on {where}); "
+                           f"a live run is not resumed. Stop it first (`cycler stop {folder}`), or wait until its "
+                           "process has ended")
     prepared = _prepare_resume(folder, meta)
     if checkpoint["program_counter"] >= len(prepared.plan.program):
         # killed after its last step, before run.json said how it ended (see Runner._finish)

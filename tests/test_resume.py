@@ -150,6 +150,21 @@ def test_killed_outright_at_random_moments_and_resumed_until_done(tmp_path):
     assert json.loads((folder / "run.json").read_text())["resumed_times"] == 4
 
 
+def test_a_run_still_going_is_not_resumed_beside_itself(tmp_path):
+    process, samples = start_logging_run(tmp_path, 10, speed="10", stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+    try:
+        refused = subprocess.run([sys.executable, "-m", "stackcycler", "resume", str(samples.parent), "--yes",
+                                  "--force"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == ExitCode.INVALID_INPUT, refused.stdout + refused.stderr
+        assert "the run is still going" in refused.stderr and f"process {process.pid}" in refused.stderr
+        assert process.poll() is None  # the run itself goes on, its folder untouched by the refusal
+        assert not [e for e in events_of(samples.parent) if e["event"] == "resumed"]
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def test_resume_without_a_terminal_needs_yes(run_protocol, tmp_path):
     folder = interrupted_run(run_protocol)
     done = subprocess.run([sys.executable, "-m", "stackcycler", "resume", str(folder)], cwd=tmp_path,
