@@ -19,7 +19,8 @@ What drives the DUT is a *drive*, one of two kinds:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -39,6 +40,26 @@ from .sample import Sample
 # runner trips first and the instrument catches what a dead host cannot.
 HARDWARE_PROTECTION_MARGIN = 1.05
 
+# The instruments' own watchdogs (roles.HostWatchdog) switch an output off once the host has been
+# silent this long: max(WATCHDOG_MIN_S, WATCHDOG_TICKS ticks). A live runner speaks to every output
+# instrument every tick (it measures, rests and holds included), so silence beyond a tick means a
+# tick that overran: a slow disk at a checkpoint, a meter that times out twice (2 x 2 s by default)
+# before it is taken as lost, a garbage collection, a machine under load. Five ticks and at least
+# 30 s ride those out; 30 s is also what Microcycler allows a silent host (reference
+# battery-testing.md §7). Short enough to matter: 30 s of a 1C charge is under 1 % of the
+# capacity, against the hours until somebody notices a dead host. The longest tick (60 s) asks for
+# 300 s, within every watchdog here (the N6705C's goes to 3600 s).
+WATCHDOG_MIN_S = 30.0
+WATCHDOG_TICKS = 5
+
+
+def watchdog_silence_s(tick_s: float) -> float:
+    """The host silence after which an output instrument's watchdog switches it off."""
+    return max(WATCHDOG_MIN_S, WATCHDOG_TICKS * tick_s)
+
+
+NO_WATCHDOGS: Mapping[str, float | None] = MappingProxyType({})
+
 
 def protection_levels(envelope: SafetyEnvelope, ratings, currents: Iterable[float | None]) -> tuple[float, float]:
     """(over-voltage V, over-current A) to arm on an instrument with these ratings, guarding the
@@ -51,6 +72,8 @@ def protection_levels(envelope: SafetyEnvelope, ratings, currents: Iterable[floa
 
 class SupplyDrive:
     """One bidirectional supply drives the DUT."""
+
+    watchdogs = NO_WATCHDOGS  # "supply" -> the delay (s) its watchdog was armed with, None: it has none
 
     def __init__(self, supply: BidirectionalSupply):
         self.supply = supply
@@ -72,6 +95,16 @@ class SupplyDrive:
     def arm_protection(self, envelope: SafetyEnvelope) -> None:
         self.supply.set_protection(*protection_levels(
             envelope, self.ratings, (envelope.max_charge_current_A, envelope.max_discharge_current_A)))
+
+    def arm_watchdog(self, silence_s: float) -> Mapping[str, float | None]:
+        """The supply's own watchdog, tripping after `silence_s` of host silence (or the next longer
+        delay it has); its safe_state() disarms it once the output is off (roles.HostWatchdog)."""
+        self.watchdogs = MappingProxyType({"supply": self.supply.arm_watchdog(silence_s)})
+        return self.watchdogs
+
+    @property
+    def watchdog_trip_found(self) -> bool:
+        return self.supply.watchdog_trip_found
 
     def rating_problems(self, steps: Iterable[PlannedStep], controls: dict[int, StepControl]) -> list[str]:
         return rating_problems(steps, controls, self.ratings)
@@ -106,6 +139,7 @@ class SupplyDrive:
                                   "(a protection trip?)")
 
     def safe_state(self) -> None:
+        """Output off, confirmed, then its watchdog disarmed (by the supply's own safe_state)."""
         self._output_on = False
         self._command = None
         self.supply.safe_state()
@@ -115,6 +149,7 @@ class SourceLoadDrive:
     """A source that only charges and/or a load that only discharges, with break-before-make."""
 
     has_power_limits = False  # constant power runs as a software loop over the current
+    watchdogs = NO_WATCHDOGS  # "source" / "load" -> the delay (s) its watchdog was armed with, None: it has none
 
     def __init__(self, source: PowerSource | None, load: ElectronicLoad | None,
                  names: dict[str, str] | None = None):
@@ -162,6 +197,17 @@ class SourceLoadDrive:
         if self.load is not None:
             self.load.set_protection(*protection_levels(envelope, self.load.ratings,
                                                         (envelope.max_discharge_current_A,)))
+
+    def arm_watchdog(self, silence_s: float) -> Mapping[str, float | None]:
+        """Each instrument's own watchdog, tripping after `silence_s` of host silence; each one's
+        safe_state() disarms it once its output is off (roles.HostWatchdog)."""
+        self.watchdogs = MappingProxyType({role: instrument.arm_watchdog(silence_s)
+                                           for role, instrument in self.instruments.items()})
+        return self.watchdogs
+
+    @property
+    def watchdog_trip_found(self) -> bool:
+        return any(instrument.watchdog_trip_found for instrument in self.instruments.values())
 
     def rating_problems(self, steps: Iterable[PlannedStep], controls: dict[int, StepControl]) -> list[str]:
         """Steps whose fixed command needs more than the instrument that would carry it can give.
@@ -284,7 +330,8 @@ class SourceLoadDrive:
                                       + (" (a protection trip?)" if expected else ""))
 
     def safe_state(self) -> None:
-        """Both off, each confirmed; the one that was on first. Raises if either cannot be confirmed."""
+        """Both off, each confirmed (and its watchdog then disarmed, by its own safe_state); the one
+        that was on first. Raises if either cannot be confirmed."""
         order = sorted(self.instruments, key=lambda role: role != self.on)
         self.on, self._programmed, self._command = None, None, None
         problems = []
@@ -392,11 +439,22 @@ class Channel:
             inputs[p.meter].append(MeterChannel(p.channel, "dc_voltage", p.range_V))
         return inputs
 
-    def configure(self, envelope: SafetyEnvelope) -> None:
-        """Set up the meter scans and arm the instruments' own protection; outputs stay off."""
+    def configure(self, envelope: SafetyEnvelope, arm_watchdogs: bool = True) -> None:
+        """Set up the meter scans, arm the instruments' own protection and then their watchdogs
+        (see WATCHDOG_MIN_S); outputs stay off. `arm_watchdogs=False` for a look before the host
+        may go quiet for an unknown time (a resume's preview, waiting for its operator): the
+        runner's own configure arms them."""
         for name, inputs in self.meter_inputs().items():
             self.meters[name].configure_scan(inputs)
         self.drive.arm_protection(envelope)
+        if arm_watchdogs:
+            self.drive.arm_watchdog(watchdog_silence_s(self.config.tick_s))
+
+    @property
+    def watchdogs(self) -> Mapping[str, float | None]:
+        """Role of each output instrument -> the delay (s) its watchdog is armed with (None: it has
+        none), as of the last configure()."""
+        return self.drive.watchdogs
 
     def measure(self, tolerate_lost_meters: bool = False) -> Sample:
         """One sample. With `tolerate_lost_meters`, a meter that does not answer is put in
@@ -468,5 +526,6 @@ class Channel:
             self.chamber.check_errors()
 
     def safe_state(self) -> None:
-        """Outputs off, confirmed by the instruments."""
+        """Outputs off, confirmed by the instruments; then their watchdogs disarmed (each
+        instrument's safe_state does it once its output is off: roles.HostWatchdog)."""
         self.drive.safe_state()

@@ -452,12 +452,7 @@ def execute_together(runs: list[PreparedRun], reporters: list[ProgressReporter],
         together = {prepared.channel_name: store.folder.name for prepared, store in zip(runs, stores)}
         for store in stores:
             store.update_metadata(run_together=together)
-        try:
-            run_together(runners, opened.clock, stop, shared)
-        finally:
-            for store in stores:
-                store.close()
-        return [_summarise(runner, store, opened) for runner, store in zip(runners, stores)]
+        return _run_together_and_summarise(runners, stores, opened, stop, shared)
     finally:
         opened.close()
 
@@ -478,6 +473,16 @@ def _channels_sharing_meters(runs: list[PreparedRun], opened: OpenBench) -> tupl
                                 {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
                                 opened.clock, chamber_for(config, opened.drivers)))
     return channels, list(shared.values())
+
+
+def _run_together_and_summarise(runners: list[Runner], stores: list[RunStore], opened: OpenBench,
+                                stop: StopRequest, shared: list[SharedMeter]) -> list[RunResult]:
+    try:
+        run_together(runners, opened.clock, stop, shared)
+    finally:
+        for store in stores:
+            store.close()
+    return [_summarise(runner, store, opened) for runner, store in zip(runners, stores)]
 
 
 def _check_together(runs: list[PreparedRun]) -> None:
@@ -527,6 +532,7 @@ class ResumePreview:
     problems: list[str]
     channel: str | None = None  # named when several runs are resumed together
     notes: list[str] = field(default_factory=list)  # e.g. a sibling run that could be resumed with this one
+    watchdog_trip_found: bool = False  # an output had been switched off by its own watchdog (roles.HostWatchdog)
 
     def text(self) -> str:
         lines = [f"resume {self.folder.name}" + (f" (channel {self.channel})" if self.channel else ""),
@@ -537,6 +543,9 @@ class ResumePreview:
         if self.output_found_on:
             lines.append("  an output (supply, source or load) was still ON: it has been switched off; charge moved "
                          "during the gap is not in the data")
+        if self.watchdog_trip_found:
+            lines.append("  an output had switched itself off when the host went silent (its instrument's watchdog): "
+                         "the trip has been cleared; charge moved before it is not in the data")
         lines += [f"  note: {note}" for note in self.notes]
         lines += [f"  NOT CONSISTENT: {p}" for p in self.problems]
         return "\n".join(lines)
@@ -654,7 +663,9 @@ def resume_together(folders: list[Path], reporter_for: Callable[[str], ProgressR
             columns = sample_columns(channel)
             if [c.name for c in columns] != run.meta["columns"]:
                 raise InvalidInput(f"{run.folder}: the channel's inputs no longer match the run's columns")
-            channel.configure(run.prepared.plan.envelope)
+            # a look only: the operator may take any time to answer, and an armed instrument watchdog
+            # would trip meanwhile; the runner's own configure arms them
+            channel.configure(run.prepared.plan.envelope, arm_watchdogs=False)
             now = channel.measure()
             checkpoint = run.checkpoint
             instruction = run.prepared.plan.program[checkpoint["program_counter"]]
@@ -663,7 +674,7 @@ def resume_together(folders: list[Path], reporter_for: Callable[[str], ProgressR
                                           channel.drive.output_found_on,
                                           _consistency_problems(checkpoint["last_sample"], now),
                                           None if single else run.prepared.channel_name,
-                                          _sibling_notes(run, named)))
+                                          _sibling_notes(run, named), channel.drive.watchdog_trip_found))
         inconsistent = [preview for preview in previews if preview.problems]
         if inconsistent and not force:
             if single:
@@ -687,12 +698,7 @@ def resume_together(folders: list[Path], reporter_for: Callable[[str], ProgressR
         handed_over = True
         if single:
             return [_run_and_summarise(runners[0], stores[0], opened)]
-        try:
-            run_together(runners, opened.clock, stop, shared)
-        finally:
-            for store in stores:
-                store.close()
-        return [_summarise(runner, store, opened) for runner, store in zip(runners, stores)]
+        return _run_together_and_summarise(runners, stores, opened, stop, shared)
     finally:
         try:
             if not handed_over:
@@ -714,7 +720,8 @@ def _restored_runner(run: _Resumable, channel: Channel, preview: ResumePreview, 
     runner.restore(checkpoint, opened.clock.now())
     store.event("resumed", opened.clock.now(), opened.clock.unix_time(), from_test_time_s=checkpoint["test_time_s"],
                 gap_s=round(preview.gap_s, 3), rows_after_checkpoint_dropped=rows_cut, step=preview.step.number,
-                output_found_on=preview.output_found_on, voltage_at_checkpoint_V=preview.then["voltage_V"],
+                output_found_on=preview.output_found_on, watchdog_trip_found=preview.watchdog_trip_found,
+                voltage_at_checkpoint_V=preview.then["voltage_V"],
                 voltage_now_V=now.voltage_V, forced=bool(preview.problems))
     store.update_metadata(state="running", pid=os.getpid(), host=this_host(),
                           resumed_times=run.meta.get("resumed_times", 0) + 1,

@@ -14,6 +14,15 @@ real PSB 10080-60 and sigrok's EA profile; see shared/reference/instruments.md ย
   sourcing and negative while sinking (guide ยง5.4.4.2), which is our + = charge;
 * `OUTP?` answers `ON`/`OFF`; OVP/OCP are always armed; there is no `*OPC?`;
 * `SYST:ERR?` answers `0,"No error"` when the queue is empty.
+
+[uncertain] Watchdog (roles.HostWatchdog): none is armed; arm_watchdog() keeps the role's default
+(None, "this model has no watchdog"), so a host that dies leaves the output as it was. EA's
+"Programming ModBus & SCPI" guide was not among the stored sources, and none of those searched
+(EA PSB 9000 / 10000 and PS 9000 manuals, the SCPI drivers nominal-io/instro `ea_psb10000.py`
+and advect-technologies/ea-psu-control, sigrok's profile) names an interface watchdog or a
+communication timeout command; `SYST:COMM:WATCHDOG` and the like appear only for other makers
+(Delta Elektronika `SYSTem:COMmunicate:WATchdog`, TDK-Lambda `SYSTem:COMMunicate:WATCHdog`).
+To add once the guide confirms the spelling, the range and what a trip latches.
 """
 
 from __future__ import annotations

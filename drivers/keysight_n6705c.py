@@ -50,18 +50,58 @@ regulate() refuses a voltage or a limit outside it.
 real module's output relays open and it then reads about 0 V, the first rest trips the
 min_voltage safety limit (the run ends in its safe state, nothing is harmed); the remedy would be
 a standby as in keithley_smu.py (output on at a negligible current limit).
+
+Watchdog (roles.HostWatchdog: a host that dies must not leave the output on). Sources: "OSG" =
+the N6700C Operating and Service Guide p. 158, "Watchdog Timer Protection"; "APS" = the
+N6900/N7900 Operating and Service Guide pp. 251-252 and 287 and the RP7900 one p. 226, the same
+command set in Keysight's later supplies; "blog" = Keysight's power-supply blog, "Let's see the
+watchdog timer in action" (2015) and "You can get a watchdog with your power supply?" (2010),
+both naming the N6700 family; "IVI" = NI's N6900/N7900 IVI driver (agn6k7kni.c), [secondary].
+* `OUTP:PROT:WDOG ON|OFF` and `OUTP:PROT:WDOG:DEL <s>` (OSG; blog; long forms
+  `OUTPut:PROTection:WDOG[:STATe] 0|OFF|1|ON` and `OUTPut:PROTection:WDOG:DELay <value>|MIN|MAX`,
+  queries `OUTP:PROT:WDOG?` -> 0 or 1 and `OUTP:PROT:WDOG:DEL? [MIN|MAX]`, APS; IVI);
+* it takes NO channel list: it is the mainframe's, and when it trips "all outputs go into
+  protection mode" (OSG). Every example is without one (OSG, APS, blog). So arming it for the
+  DUT's slot arms it for every slot of the mainframe, and any SCPI traffic on any remote
+  interface (USB, LAN, GPIB; not the front panel or the web server) keeps it from tripping (OSG);
+* the delay: 1 to 3600 s in 1 s steps (OSG; blog; APS); 60 s as shipped (OSG), the *RST value on
+  the APS (APS p. 252); *RST switches it off (APS) [uncertain for the N6700 family: the OSG
+  only says its state and delay are volatile];
+* when it trips, "the outputs will be disabled, but the programmed output state is not changed"
+  and the PROT bit (2048) of the questionable status register is set (OSG; APS p. 252 "latched
+  off"); the N6705C guide (p. 350) describes PROT only as a protection coupled from another
+  channel, the APS guide (p. 287) as the watchdog's. So after a trip OUTP? still reads 1
+  [uncertain: read from "programmed state not changed"];
+* it is cleared as any protection: `OUTP:PROT:CLE (@n)` (OSG), which "restores the output to the
+  state it was in before the fault" (APS p. 251; the 66xx guides say the same of OUTP:PROT:CLE):
+  the output is therefore switched off (OUTP OFF) before a trip is cleared, never after.
+* [uncertain] that the N6705C DC Power Analyzer has it at all: the sources name the N6700 modular
+  power system (OSG) and "the N6700 series" (blog); the N6705C's own guide was not found saying
+  so. A mainframe that answers the watchdog commands with -113 (undefined header) is taken as one
+  without a watchdog: arm_watchdog() then returns None, and runs go on without one (logged).
+
+Connect switches the watchdog off (a previous host's must not trip before this run arms it).
+A latched PROT with no other fault, found while the watchdog is on, is taken as the watchdog's
+trip (a host that died): connect reports it (`watchdog_trip_found`, beside `output_found_on`) and
+clears it once OUTP? reads 0; arming does the same, so that a trip while the outputs were off
+(the host waiting for an operator before a resume) does not stop the run. [uncertain] A
+protection coupled from another channel (also PROT) that happens while the watchdog is on would
+be cleared the same way; with the watchdog off, PROT is refused at connect as any other fault.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from stackcycler.errors import InstrumentError, InvalidInput
+from stackcycler.errors import InstrumentError, InstrumentTimeout, InvalidInput
 
 from .roles import BenchSetting, BidirectionalSupply, SupplyRatings
 from .scpi import ScpiDriver, Setting, format_channel_list, parse_number, parse_on_off
+
+log = logging.getLogger(__name__)
 
 MAINFRAMES = ("N6705C", "N6705B")  # the N6705B answers `Agilent Technologies,N6705B,...` (reference §2)
 MODULE = "N6781A"
@@ -89,11 +129,16 @@ QUESTIONABLE_FAULTS = {
     16: "over-temperature",
     64: "negative over-voltage protection tripped",
     512: "output inhibited (external inhibit input)",
-    2048: "output disabled by a protection fault on a coupled channel",
+    2048: "output disabled by a protection fault on a coupled channel or by the I/O watchdog (PROT)",
     4096: "oscillation detected",
 }
 LIMIT_POSITIVE = 128  # in its source (positive) current limit: CL+
 LIMIT_NEGATIVE = 256  # in its sink (negative) current limit: CL-
+PROTECTION = 2048  # PROT: a protection coupled from another channel, or the watchdog (module notes)
+FAULT_BITS = sum(QUESTIONABLE_FAULTS)
+
+WATCHDOG_DELAYS_S = (1, 3600)  # OUTP:PROT:WDOG:DEL, in whole seconds (OSG p. 158; APS p. 252)
+UNDEFINED_HEADER = -113  # the SCPI error of a command the mainframe does not know
 
 Regulation = Literal["CV", "CL+", "CL-"]
 
@@ -137,6 +182,11 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
                              "remote over-voltage protection level", limits=lambda driver: (0.0, MAX_OVER_VOLTAGE_V))
     output = Setting("OUTP {},{channels}", "OUTP? {channels}", "output on/off", parse=parse_on_off,
                      to_text=lambda on: "ON" if on else "OFF")
+    # the mainframe's, for every slot: no channel list (OSG p. 158; module notes)
+    watchdog = Setting("OUTP:PROT:WDOG {}", "OUTP:PROT:WDOG?", "I/O watchdog on/off", parse=parse_on_off,
+                       to_text=lambda on: "ON" if on else "OFF")
+    watchdog_delay_s = Setting("OUTP:PROT:WDOG:DEL {}", "OUTP:PROT:WDOG:DEL?", "I/O watchdog delay, whole seconds",
+                               limits=lambda driver: WATCHDOG_DELAYS_S)
 
     LIMITS = ("source_limit_A", "sink_limit_A")
 
@@ -152,6 +202,8 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self._sent: dict[str, float] = {}  # last values sent, so unchanged ones are not resent
         self._over_voltage_level_V: float | None = None
         self._over_current_ceiling_A: float | None = None
+        self._has_watchdog: bool | None = None  # known at connect: False if the mainframe does not know it
+        self._watchdog_armed = False  # armed by this driver and not disarmed since
 
     @property
     def command_fields(self) -> dict[str, str]:
@@ -187,7 +239,14 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self.write("*CLS")  # errors left by an earlier session are not this run's
         self.output_found_on = self.output  # after a host crash it may still be on: worth knowing
         self.output = False
-        self._raise_on_faults()
+        self.watchdog_trip_found = False
+        condition = self.questionable()
+        if self._watchdog_tripped(condition) and self._clear_watchdog_trip():
+            condition = self.questionable()
+        self._raise_on_faults(condition)
+        # A watchdog a previous host left armed must not trip before this run arms its own.
+        self._has_watchdog = self._send_watchdog_command("OUTP:PROT:WDOG OFF")
+        self._watchdog_armed = False
         with self.batch():
             self.emulation = "PS2Q"  # two quadrants: +V, current both ways
             self.priority = "VOLT"  # resets the settings, so before any of them
@@ -213,6 +272,67 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self._regulated = False
         self._over_voltage_level_V = over_voltage_V
         self._over_current_ceiling_A = over_current_A
+
+    # --- the watchdog (module notes) ----------------------------------------------------------
+
+    def arm_watchdog(self, silence_s: float) -> float | None:
+        """The mainframe's I/O watchdog, at the smallest delay it has (whole seconds, 1 to 3600 s)
+        that is at least `silence_s`; the delay armed, or None on a mainframe without one."""
+        if not (isinstance(silence_s, (int, float)) and math.isfinite(silence_s) and silence_s > 0):
+            self._refuse(f"a watchdog silence of {silence_s!r} s is not a positive number of seconds")
+        low, high = WATCHDOG_DELAYS_S
+        delay = max(low, math.ceil(silence_s - 1e-9))  # 1 s steps; a float's last bit is no reason for a longer one
+        if delay > high:
+            self._refuse(f"a watchdog delay of {silence_s:g} s is outside the mainframe's {low} to {high} s "
+                         "(OUTP:PROT:WDOG:DEL, whole seconds)")
+        if not self._has_watchdog:
+            return None
+        # A trip while the outputs were off since connect (a host waiting, silent, for an operator)
+        # would stop the run at its first check: it is reported and cleared as at connect.
+        if self._watchdog_tripped(self.questionable()):
+            self._clear_watchdog_trip()
+        self.set_many({"watchdog_delay_s": delay, "watchdog": True})
+        self._watchdog_armed = True
+        return float(delay)
+
+    def disarm_watchdog(self) -> None:
+        if not self._watchdog_armed:
+            return  # connect switched it off, and this driver has not armed it since
+        self.watchdog = False
+        self._watchdog_armed = False
+
+    def _send_watchdog_command(self, command: str) -> bool:
+        """`command` sent and the error queue drained; False if the mainframe does not know the
+        watchdog (every error it reports is -113, undefined header), InstrumentError on another error."""
+        self.write(command)
+        errors = self.drain_errors()
+        if errors and all(self.error_code(reply) == UNDEFINED_HEADER for reply in errors):
+            log.warning("%s does not know %r (%s): runs on it have no instrument-side watchdog", self.where(),
+                        command, errors[0], extra={"resource": self.resource})
+            return False
+        if errors:
+            raise InstrumentError(f"{self.where()} reported {'; '.join(errors)} (last command sent: {command!r})")
+        return True
+
+    def _watchdog_tripped(self, condition: int) -> bool:
+        """PROT and no other fault, with the watchdog on: the watchdog tripped (module notes)."""
+        if condition & FAULT_BITS != PROTECTION:
+            return False
+        try:
+            return self.watchdog
+        except InstrumentTimeout:  # a mainframe without a watchdog does not answer the query
+            return False
+
+    def _clear_watchdog_trip(self) -> bool:
+        """Clear a watchdog trip, only with the output programmed off: OUTP:PROT:CLE restores the
+        output to its programmed state (module notes). True if cleared."""
+        if self.output:
+            return False
+        self.write_checked(f"OUTP:PROT:CLE {self.command_fields['channels']}")
+        self.watchdog_trip_found = True
+        log.warning("%s: its output had been switched off by the I/O watchdog (a host silent longer than the "
+                    "delay); cleared with the output off", self.where(), extra={"resource": self.resource})
+        return True
 
     # --- regulation ------------------------------------------------------------------------
 
@@ -282,8 +402,8 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         current = parse_number(self.query(f"MEAS:CURR? {channels}"))
         return voltage, current  # + out of the + terminal into the DUT: + = charge
 
-    def _raise_on_faults(self) -> None:
-        condition = self.questionable()
+    def _raise_on_faults(self, condition: int | None = None) -> None:
+        condition = self.questionable() if condition is None else condition
         problems = [text for bit, text in QUESTIONABLE_FAULTS.items() if condition & bit]
         if problems:
             raise InstrumentError(f"{self.where()} reports {'; '.join(problems)} (STAT:QUES:COND? = {condition}; "
@@ -303,3 +423,27 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self.write(f"OUTP OFF,{self.command_fields['channels']}")
         if self.output:
             raise InstrumentError(f"{self.where()}: output still on after OUTP OFF")
+        self._disarm_after_output_off()
+
+    def close(self) -> None:
+        # A session that ends without the safe state (a bench check) disarms here; never while the
+        # output may still be on (a safe state that failed): then the watchdog is the last guard left.
+        try:
+            if self._watchdog_armed and not self.output:
+                self._disarm_after_output_off()
+        except InstrumentError as error:
+            log.warning("%s: the output could not be read at close (%s); its watchdog is left armed", self.where(),
+                        error, extra={"resource": self.resource})
+        finally:
+            super().close()
+
+    def _disarm_after_output_off(self) -> None:
+        """The watchdog off once nothing is on: a run that ended must not trip the mainframe later.
+        Best effort: with the output off, a watchdog left on can only latch PROT, which the next
+        connect recognises and clears; it is tried again at close."""
+        try:
+            self.disarm_watchdog()
+        except InstrumentError as error:
+            log.warning("%s: the watchdog could not be switched off (%s); it may trip the mainframe's outputs into "
+                        "protection (PROT) until the next connect clears it", self.where(), error,
+                        extra={"resource": self.resource})

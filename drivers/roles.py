@@ -27,6 +27,40 @@ class BenchSetting:
         return ", ".join(str(value) for value in self.accepted)
 
 
+class HostWatchdog:
+    """The instrument's own watchdog on its link to the host: an output the host stops talking to
+    switches itself off.
+
+    Why: everything else that keeps the DUT safe runs in the host. The software safety limits,
+    the step ends, the safe state on a trip, Ctrl+C or SIGTERM all need a live process; a host
+    that dies (kill -9, a kernel panic, a power cut to the PC, a frozen process, a cable pulled)
+    leaves the last setpoint in force, the output on, for as long as nobody notices. The
+    instrument's own over-voltage and over-current protection bound the voltage and the current,
+    not the charge moved or the time: a weak layer of a stack, a temperature limit, a step's time
+    or capacity end are the host's to watch. A watchdog in the instrument closes that gap: armed
+    with a delay longer than the host is ever silent while alive, it switches the output off once
+    the host has been silent for that long.
+
+    `arm_watchdog(silence_s)` arms it with the smallest delay the model supports that is at least
+    `silence_s` and returns that delay (s); a model with no watchdog (the default here) arms
+    nothing and returns None. `disarm_watchdog()` switches it off; a driver's safe_state() and
+    close() leave a watchdog it armed disarmed, after the output is off, so that a run that ended
+    does not trip the instrument's protection later. A driver whose connect() finds the output
+    switched off by its watchdog (a host that died) says so in `watchdog_trip_found`, as
+    `output_found_on` says the output was left on, and clears it so that the run can go on.
+    """
+
+    watchdog_trip_found: bool = False  # whether connect() (or arming) found a watchdog trip latched, and cleared it
+
+    def arm_watchdog(self, silence_s: float) -> float | None:
+        """Arm the watchdog to trip after `silence_s` (or the next longer delay the model has) of
+        host silence; the delay armed (s), or None if the model has no watchdog."""
+        return None
+
+    def disarm_watchdog(self) -> None:
+        """Switch the watchdog off (nothing to do on a model without one)."""
+
+
 class Instrument:
     """What every driver class declares for the bench files and session that open it."""
 
@@ -45,7 +79,7 @@ class SupplyRatings:
     max_over_current_A: float
 
 
-class BidirectionalSupply(Instrument, ABC):
+class BidirectionalSupply(Instrument, HostWatchdog, ABC):
     """A DC supply that both sources and sinks (regenerative supply, four-quadrant SMU).
 
     Its one control law is voltage priority with two current clamps: it holds `voltage_V`
@@ -93,14 +127,15 @@ class BidirectionalSupply(Instrument, ABC):
 
     @abstractmethod
     def safe_state(self) -> None:
-        """Output off, confirmed. Raises InstrumentError only if that cannot be confirmed."""
+        """Output off, confirmed; then a watchdog it armed disarmed (HostWatchdog). Raises
+        InstrumentError only if the output off cannot be confirmed."""
 
     @abstractmethod
     def close(self) -> None:
         """Release remote control and the connection (after safe_state)."""
 
 
-class PowerSource(Instrument, ABC):
+class PowerSource(Instrument, HostWatchdog, ABC):
     """A DC power supply that only sources (a bench PSU, one output of a multi-output one).
 
     Its control law is a voltage with a current limit: it holds `voltage_V` while the current it
@@ -145,7 +180,8 @@ class PowerSource(Instrument, ABC):
 
     @abstractmethod
     def safe_state(self) -> None:
-        """Output off, confirmed. Raises InstrumentError only if that cannot be confirmed."""
+        """Output off, confirmed; then a watchdog it armed disarmed (HostWatchdog). Raises
+        InstrumentError only if the output off cannot be confirmed."""
 
     @abstractmethod
     def close(self) -> None:
@@ -201,7 +237,7 @@ class LoadRatings:
     max_resistance_ohm: float
 
 
-class ElectronicLoad(Instrument, ABC):
+class ElectronicLoad(Instrument, HostWatchdog, ABC):
     """A DC electronic load: it only sinks. It regulates in one of its native modes: constant
     current (CC: the current it sinks), constant voltage (CV: it sinks whatever holds the DUT at
     the set voltage), constant resistance (CR: it sinks V/R) or constant power (CP: it sinks P/V).
@@ -256,7 +292,8 @@ class ElectronicLoad(Instrument, ABC):
 
     @abstractmethod
     def safe_state(self) -> None:
-        """Input off, confirmed. Raises InstrumentError only if that cannot be confirmed."""
+        """Input off, confirmed; then a watchdog it armed disarmed (HostWatchdog). Raises
+        InstrumentError only if the input off cannot be confirmed."""
 
     @abstractmethod
     def close(self) -> None:

@@ -161,14 +161,19 @@ class ScpiDriver:
         """The role's health check; a model with more to check (protection flags) extends it."""
         self.check_error_queue()
 
-    def check_error_queue(self) -> None:
-        """Drain the error queue; raise if the instrument reported anything."""
+    def drain_errors(self) -> list[str]:
+        """Every SYST:ERR? reply up to the queue's "no error" (at most MAX_ERRORS_DRAINED)."""
         errors = []
         for _ in range(self.MAX_ERRORS_DRAINED):
             reply = self.transport.query("SYST:ERR?").strip()
             if self.error_code(reply) == 0:
                 break
             errors.append(reply)
+        return errors
+
+    def check_error_queue(self) -> None:
+        """Drain the error queue; raise if the instrument reported anything."""
+        errors = self.drain_errors()
         if errors:
             raise InstrumentError(
                 f"{self.FRIENDLY_NAME} at {self.resource} reported {'; '.join(errors)} "

@@ -77,6 +77,14 @@ def start_logging_run(cwd: Path, rows: int, protocol: str = "capacity-check", sp
     raise AssertionError("the run did not start logging within a minute")
 
 
+def ended_pid() -> int:
+    """The pid of a process that has ended: for run.json of a run 'killed' inside a test's own
+    process, which `cycler resume` would otherwise take for a live run."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(child.stdout)
+
+
 def wait_for(condition, what: str, timeout_s: float = 60):
     """Poll `condition` until it gives something true (returned), or fail naming `what`."""
     deadline = time.monotonic() + timeout_s

@@ -134,6 +134,14 @@ def test_psb_close_hands_control_back():
     transport.done()
 
 
+def test_psb_has_no_confirmed_watchdog_so_arming_sends_nothing_and_says_none():
+    psb, transport = connected_psb()  # no command spelling confirmed for it: see the driver's module notes
+    assert psb.arm_watchdog(30.0) is None
+    psb.disarm_watchdog()
+    assert psb.watchdog_trip_found is False
+    transport.done()
+
+
 # --- Keysight DAQ970A ------------------------------------------------------------------------
 
 DAQ_INPUTS = [MeterChannel(101, "dc_voltage", 10.0), MeterChannel(102, "dc_voltage", 10.0),

@@ -9,23 +9,33 @@ the over-voltage threshold. Every test pins one of these or one command of the c
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
+import time
 
 import pandas as pd
 import pytest
-from support import Script, cycler, expected_protocol, samples_of
+from support import (Script, ScriptedTransport, assert_continuous, cycler, ended_pid, events_of, expected_protocol,
+                     samples_of)
+
+from stackcycler import runner, session
 
 from stackcycler.bench import load_bench
+from stackcycler.channel import Channel, SupplyDrive, watchdog_silence_s
 from stackcycler.clock import VirtualClock
 from stackcycler.drivers.keysight_n6705c import KeysightN6705c
 from stackcycler.drivers.registry import SUPPLY_DRIVERS
 from stackcycler.drivers.roles import BidirectionalSupply
+from stackcycler.drivers.sim.daq970a import Daq970aSimConfig, SimDaq970a
 from stackcycler.drivers.sim.keysight_n6705c import KeysightN6705cSimConfig, SimKeysightN6705c
 from stackcycler.drivers.sim.stack import StackModel, StackParameters
 from stackcycler.drivers.sim.world import SimWorld
 from stackcycler.drivers.transport import InProcessTransport
 from stackcycler.errors import InstrumentError, InvalidInput
+from stackcycler.live import SilentReporter
+from stackcycler.safety import SafetyEnvelope
 
 # --- the driver: messages ------------------------------------------------------------------------
 
@@ -38,6 +48,7 @@ CONNECT: Script = [
     ("OUTP? (@1)", "0"),
     ("OUTP OFF,(@1)", None), ("SYST:ERR?", OK),
     ("STAT:QUES:COND? (@1)", "0"),
+    ("OUTP:PROT:WDOG OFF", None), ("SYST:ERR?", OK),  # a previous host's watchdog: the mainframe's, no (@n)
     ("EMUL PS2Q,(@1)", None), ("FUNC VOLT,(@1)", None), ("CURR:LIM:COUP 0,(@1)", None),
     ("CURR:PROT:STAT 0,(@1)", None), ("VOLT:RANG 20.0,(@1)", None), ("SYST:ERR?", OK),
 ]
@@ -309,6 +320,202 @@ def test_close_releases_the_transport_and_sends_nothing():
     assert supply.transport.closed
 
 
+# --- the watchdog: messages -------------------------------------------------------------------------
+#
+# OUTP:PROT:WDOG ON|OFF and OUTP:PROT:WDOG:DEL <s>, 1 to 3600 s in whole seconds, no channel list:
+# the mainframe's (N6700C Operating and Service Guide p. 158; the driver's module notes).
+
+NOT_TRIPPED: Script = [("STAT:QUES:COND? (@1)", "0")]  # looked at before arming: a trip is cleared first
+
+
+def armed(delay: str) -> Script:
+    return [*NOT_TRIPPED, (f"OUTP:PROT:WDOG:DEL {delay}", None), ("OUTP:PROT:WDOG ON", None), ("SYST:ERR?", OK)]
+
+
+DISARM: Script = [("OUTP:PROT:WDOG OFF", None), ("SYST:ERR?", OK)]
+
+
+@pytest.mark.parametrize("silence_s, sent, delay_s", [
+    (30.0, "30", 30.0),
+    (2.3, "3", 3.0),  # whole seconds: the smallest delay at least as long
+    (0.2, "1", 1.0),  # the shortest it has
+    (5 * 0.2 + 2e-16, "1", 1.0),  # a float's last bit is no reason for a second more
+    (3600, "3600", 3600.0),
+])
+def test_arm_watchdog_sets_the_smallest_whole_second_delay_then_switches_it_on(silence_s, sent, delay_s):
+    with connected(*armed(sent)) as supply:
+        supply.connect()
+        assert supply.arm_watchdog(silence_s) == delay_s
+
+
+@pytest.mark.parametrize("silence_s, refused", [
+    (3600.5, "a watchdog delay of 3600.5 s is outside the mainframe's 1 to 3600 s"),
+    (7200, "a watchdog delay of 7200 s is outside the mainframe's 1 to 3600 s"),
+    (0.0, "a watchdog silence of 0.0 s is not a positive number of seconds"),
+    (-5.0, "a watchdog silence of -5.0 s is not a positive number"),
+    (math.nan, "a watchdog silence of nan s"),
+    (math.inf, "a watchdog silence of inf s"),
+])
+def test_a_watchdog_delay_the_mainframe_cannot_set_is_refused_and_nothing_is_sent(silence_s, refused):
+    with connected() as supply:
+        supply.connect()
+        with pytest.raises(InvalidInput, match=re.escape(refused) + ".*nothing was sent"):
+            supply.arm_watchdog(silence_s)
+
+
+def test_arming_reports_what_the_error_queue_holds():
+    script = [*NOT_TRIPPED, ("OUTP:PROT:WDOG:DEL 30", None), ("OUTP:PROT:WDOG ON", None),
+              ("SYST:ERR?", '-222,"Data out of range"'), ("SYST:ERR?", OK)]
+    with connected(*script) as supply:
+        supply.connect()
+        with pytest.raises(InstrumentError, match=re.escape('-222,"Data out of range" (last command sent: '
+                                                            "'OUTP:PROT:WDOG ON')")):
+            supply.arm_watchdog(30.0)
+
+
+def test_disarm_switches_the_watchdog_off_and_checks_the_error_queue():
+    with connected(*armed("30"), *DISARM) as supply:
+        supply.connect()
+        supply.arm_watchdog(30.0)
+        supply.disarm_watchdog()
+        supply.disarm_watchdog()  # off already: nothing more is sent
+
+
+def test_safe_state_disarms_the_watchdog_once_the_output_reads_back_off():
+    script = [*armed("30"), ("OUTP OFF,(@1)", None), ("OUTP? (@1)", "0"), *DISARM]
+    with charging(*script) as supply:
+        start_charging(supply)
+        supply.arm_watchdog(30.0)
+        supply.safe_state()
+        supply.close()  # disarmed already: close sends nothing more
+    assert supply.transport.closed
+
+
+def test_safe_state_leaves_the_watchdog_armed_when_the_output_stays_on():
+    script = [*armed("30"), ("OUTP OFF,(@1)", None), ("OUTP? (@1)", "1")]
+    with connected(*script) as supply:
+        supply.connect()
+        supply.arm_watchdog(30.0)
+        with pytest.raises(InstrumentError, match="output still on after OUTP OFF"):
+            supply.safe_state()  # the watchdog is the last thing left that can switch it off
+
+
+def test_a_watchdog_that_will_not_switch_off_does_not_fail_the_safe_state_and_close_tries_again():
+    script = [*armed("30"), ("OUTP OFF,(@1)", None), ("OUTP? (@1)", "0"),
+              ("OUTP:PROT:WDOG OFF", None), ("SYST:ERR?", '-100,"Command error"'), ("SYST:ERR?", OK),
+              ("OUTP? (@1)", "0"), *DISARM]
+    with connected(*script) as supply:
+        supply.connect()
+        supply.arm_watchdog(30.0)
+        supply.safe_state()  # the output is off, confirmed: that is the safe state
+        supply.close()
+    assert supply.transport.closed
+
+
+def test_close_disarms_a_watchdog_left_armed_by_a_session_without_a_safe_state():
+    with connected(*armed("30"), ("OUTP? (@1)", "0"), *DISARM) as supply:  # as `cycler bench check`: configure, close
+        supply.connect()
+        supply.arm_watchdog(30.0)
+        supply.close()
+    assert supply.transport.closed
+
+
+def test_close_after_a_failed_safe_state_leaves_the_watchdog_armed_to_switch_the_output_off():
+    script = [*armed("30"), ("OUTP OFF,(@1)", None), ("OUTP? (@1)", "1"), ("OUTP? (@1)", "1")]
+    with connected(*script) as supply:  # nothing after the second OUTP?: no OUTP:PROT:WDOG OFF
+        supply.connect()
+        supply.arm_watchdog(30.0)
+        with pytest.raises(InstrumentError, match="output still on"):
+            supply.safe_state()
+        supply.close()
+    assert supply.transport.closed
+
+
+def connect_after(condition: int, *script: tuple[str, str | None]) -> Script:
+    """CONNECT, with STAT:QUES:COND? answering `condition` and `script` after it."""
+    at = CONNECT.index(("STAT:QUES:COND? (@1)", "0"))
+    return [*CONNECT[:at], ("STAT:QUES:COND? (@1)", str(condition)), *script, *CONNECT[at + 1:]]
+
+
+# A dead host's trip: PROT latched, the watchdog still on, the programmed state still on (OUTP? 1)
+# until connect switches it off; only then is the trip cleared.
+DEAD_HOST_CONNECT = connect_after(2048, ("OUTP:PROT:WDOG?", "1"), ("OUTP? (@1)", "0"), ("OUTP:PROT:CLE (@1)", None),
+                                  ("SYST:ERR?", OK), ("STAT:QUES:COND? (@1)", "0"))
+DEAD_HOST_CONNECT[DEAD_HOST_CONNECT.index(("OUTP? (@1)", "0"))] = ("OUTP? (@1)", "1")  # found on
+
+
+def test_connect_clears_a_watchdog_trip_a_dead_host_left_once_the_output_is_off_and_reports_it():
+    with expected_protocol(on_slot(1), DEAD_HOST_CONNECT) as supply:
+        supply.connect()
+    assert supply.watchdog_trip_found is True
+    assert supply.output_found_on is True  # programmed on when the host died: the trip did not change that
+
+
+def test_connect_reports_no_watchdog_trip_when_there_was_none():
+    with connected() as supply:
+        supply.connect()
+    assert supply.watchdog_trip_found is False
+
+
+def test_prot_with_the_watchdog_off_is_a_coupled_fault_and_refused_as_any_other():
+    script = connect_after(2048, ("OUTP:PROT:WDOG?", "0"))
+    script = script[:script.index(("OUTP:PROT:WDOG?", "0")) + 1]
+    refused = re.escape("output disabled by a protection fault on a coupled channel or by the I/O watchdog (PROT)")
+    with expected_protocol(on_slot(1), script) as supply:
+        with pytest.raises(InstrumentError, match=refused + ".*OUTP:PROT:CLE"):
+            supply.connect()
+    assert supply.watchdog_trip_found is False
+
+
+def test_prot_with_another_fault_is_refused_without_asking_about_the_watchdog():
+    script = connect_after(2048 | 1)
+    script = script[:script.index(("STAT:QUES:COND? (@1)", str(2048 | 1))) + 1]
+    with expected_protocol(on_slot(1), script) as supply:
+        with pytest.raises(InstrumentError, match="over-voltage protection tripped; output disabled by a protection"):
+            supply.connect()
+
+
+def test_arming_clears_a_watchdog_trip_that_happened_with_the_output_off():
+    script = [("STAT:QUES:COND? (@1)", "2048"), ("OUTP:PROT:WDOG?", "1"), ("OUTP? (@1)", "0"),
+              ("OUTP:PROT:CLE (@1)", None), ("SYST:ERR?", OK),
+              ("OUTP:PROT:WDOG:DEL 30", None), ("OUTP:PROT:WDOG ON", None), ("SYST:ERR?", OK)]
+    with connected(*script) as supply:  # a resume waiting, silent, for its operator after configure armed it
+        supply.connect()
+        assert supply.arm_watchdog(30.0) == 30.0
+    assert supply.watchdog_trip_found is True
+
+
+def test_a_watchdog_trip_is_never_cleared_while_the_output_is_programmed_on():
+    script = [("STAT:QUES:COND? (@1)", "2048"), ("OUTP:PROT:WDOG?", "1"), ("OUTP? (@1)", "1"),
+              ("OUTP:PROT:WDOG:DEL 30", None), ("OUTP:PROT:WDOG ON", None), ("SYST:ERR?", OK)]
+    with connected(*script) as supply:  # OUTP:PROT:CLE would switch it back on
+        supply.connect()
+        supply.arm_watchdog(30.0)
+    assert supply.watchdog_trip_found is False
+
+
+def test_a_mainframe_that_does_not_know_the_watchdog_runs_without_one():
+    script = [(message, '-113,"Undefined header"') if (message, reply) == ("SYST:ERR?", OK) and previous ==
+              ("OUTP:PROT:WDOG OFF", None) else (message, reply) for previous, (message, reply) in
+              zip([None, *CONNECT], CONNECT)]
+    at = script.index(("SYST:ERR?", '-113,"Undefined header"'))
+    script.insert(at + 1, ("SYST:ERR?", OK))
+    with expected_protocol(on_slot(1), script + [("OUTP OFF,(@1)", None), ("OUTP? (@1)", "0")]) as supply:
+        supply.connect()
+        assert supply.arm_watchdog(30.0) is None  # nothing sent
+        supply.disarm_watchdog()
+        supply.safe_state()
+
+
+def test_another_error_to_the_watchdog_command_at_connect_is_an_instrument_error():
+    at = CONNECT.index(("OUTP:PROT:WDOG OFF", None))
+    script = [*CONNECT[:at + 1], ("SYST:ERR?", '-222,"Data out of range"'), ("SYST:ERR?", OK)]
+    with expected_protocol(on_slot(1), script) as supply:
+        with pytest.raises(InstrumentError, match=re.escape("reported -222,\"Data out of range\" (last command "
+                                                            "sent: 'OUTP:PROT:WDOG OFF')")):
+            supply.connect()
+
+
 # --- the simulator against the stack model (noise off: exact) ----------------------------------------
 
 CELL = StackParameters(layers=1, layer_capacity_Ah=0.2, r0_ohm=0.25, r1_ohm=0.15, interconnect_ohm=0.01,
@@ -485,6 +692,182 @@ def test_sim_config_refuses_a_slot_the_mainframe_does_not_have():
         KeysightN6705cSimConfig(output=5)
 
 
+# --- the simulated watchdog, on the world's clock ---------------------------------------------------
+
+CHARGE_A = 0.1
+WATCHDOG = ("OUTP:PROT:WDOG:DEL 5", "OUTP:PROT:WDOG ON")
+
+
+def charging_with_watchdog(*settings: str):
+    """A simulated mainframe charging the cell at CHARGE_A (CL+) from test time 0, its watchdog
+    armed at 5 s (or as `settings` say): the last I/O is at 0."""
+    sim, world, clock = simulated()
+    drive(sim, world, f"CURR:LIM {CHARGE_A},(@1)", "CURR:LIM:NEG 0,(@1)", "VOLT 4.27,(@1)",
+          *(settings or WATCHDOG))
+    assert world.stack.current_A == CHARGE_A
+    return sim, world, clock
+
+
+def charged_for(seconds: float) -> float:
+    return CHARGE_A * seconds / 3600.0
+
+
+def test_sim_watchdog_trips_at_exactly_the_last_io_plus_its_delay():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(4.0)
+    assert sim.handle("OUTP? (@1)") == "1"  # I/O at 4 s: the watchdog now trips at 9 s
+    clock.sleep_until(100.0)  # silence; the next look comes much later
+    world.sync()  # not I/O: any reader of the world (a DAQ) makes the physics catch up
+    assert world.stack.charged_Ah == pytest.approx(charged_for(9.0), rel=1e-12)  # nothing after 9 s
+    assert world.stack.current_A == 0.0
+    assert sim.handle("STAT:QUES:COND? (@1)") == "2048"  # PROT, latched
+    assert sim.handle("OUTP? (@1)") == "1"  # the programmed state is not changed (N6700C guide p. 158)
+    assert sim.handle("MEAS:CURR? (@1)") == "+0.00000000E+00"
+
+
+def test_sim_a_message_long_after_the_delay_finds_the_output_tripped_at_the_delay():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(100.0)
+    assert sim.handle("MEAS:CURR? (@1)") == "+0.00000000E+00"  # this message is I/O after the trip, not before
+    assert world.stack.charged_Ah == pytest.approx(charged_for(5.0), rel=1e-12)
+    assert sim.latched == 2048
+
+
+def test_sim_watchdog_does_not_trip_before_its_delay():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(4.999)
+    world.sync()
+    assert world.stack.current_A == CHARGE_A and world.stack.charged_Ah == pytest.approx(charged_for(4.999), rel=1e-12)
+    assert sim.latched == 0
+
+
+def test_sim_io_keeps_the_watchdog_from_tripping():
+    sim, world, clock = charging_with_watchdog()
+    for t in range(4, 101, 4):  # a host that speaks every 4 s: never 5 s of silence
+        clock.sleep_until(float(t))
+        sim.handle("MEAS:CURR? (@1)")
+    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+    clock.sleep_until(200.0)
+    world.sync()
+    assert world.stack.charged_Ah == pytest.approx(charged_for(105.0), rel=1e-12)  # off at 100 + 5 s
+
+
+def test_sim_the_trip_takes_effect_at_its_moment_when_another_instrument_reads_first():
+    sim, world, clock = charging_with_watchdog()
+    daq = SimDaq970a(world, "daq", Daq970aSimConfig(layer_channels="101", voltage_noise_V=0.0))
+    daq.handle("CONF:VOLT:DC AUTO,(@101)")
+    daq.handle("ROUT:SCAN (@101)")
+    clock.sleep_until(60.0)
+    layer_V = float(daq.handle("READ?"))  # the DAQ is read first, 55 s after the trip
+    assert world.stack.charged_Ah == pytest.approx(charged_for(5.0), rel=1e-12)
+    assert world.stack.current_A == 0.0
+    emf_V, _ = world.stack.thevenin()
+    assert layer_V == pytest.approx(emf_V, abs=1e-6)  # no current through the cell: it reads its emf
+
+
+def test_sim_a_shorter_delay_takes_over_from_the_pending_check():
+    sim, world, clock = charging_with_watchdog("OUTP:PROT:WDOG:DEL 60", "OUTP:PROT:WDOG ON")
+    clock.sleep_until(1.0)
+    send(sim, "OUTP:PROT:WDOG:DEL 5")  # last I/O: its SYST:ERR? at 1 s
+    clock.sleep_until(100.0)
+    world.sync()
+    assert world.stack.charged_Ah == pytest.approx(charged_for(6.0), rel=1e-12)
+
+
+def test_sim_a_longer_delay_holds_the_trip_off():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(1.0)
+    send(sim, "OUTP:PROT:WDOG:DEL 30")
+    clock.sleep_until(30.9)
+    world.sync()
+    assert sim.latched == 0
+    clock.sleep_until(100.0)
+    world.sync()
+    assert world.stack.charged_Ah == pytest.approx(charged_for(31.0), rel=1e-12)
+
+
+def test_sim_the_watchdog_switched_off_does_not_trip():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(1.0)
+    send(sim, "OUTP:PROT:WDOG OFF")
+    clock.sleep_until(1000.0)
+    world.sync()
+    assert sim.latched == 0 and world.stack.charged_Ah == pytest.approx(charged_for(1000.0), rel=1e-12)
+    assert sim.handle("OUTP:PROT:WDOG?") == "0"
+
+
+def test_sim_rst_switches_the_watchdog_off_and_its_delay_back_to_60_s():
+    sim, world, clock = charging_with_watchdog()
+    send(sim, "*RST")
+    assert (sim.handle("OUTP:PROT:WDOG?"), sim.handle("OUTP:PROT:WDOG:DEL?")) == ("0", "+6.00000000E+01")
+    drive(sim, world, f"CURR:LIM {CHARGE_A},(@1)", "CURR:LIM:NEG 0,(@1)", "VOLT 4.27,(@1)")
+    clock.sleep_until(1000.0)
+    world.sync()
+    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+
+
+def test_sim_clearing_a_trip_returns_the_output_to_its_programmed_state():
+    sim, world, clock = charging_with_watchdog()
+    clock.sleep_until(10.0)
+    send(sim, "OUTP:PROT:CLE (@1)")  # programmed on: on again (which is why a driver switches it off first)
+    world.sync()
+    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+    clock.sleep_until(100.0)
+    send(sim, "OUTP OFF,(@1)", "OUTP:PROT:CLE (@1)")  # tripped again at 15 s; cleared once off: it stays off
+    world.sync()
+    assert sim.latched == 0 and world.stack.current_A == 0.0
+    assert world.stack.charged_Ah == pytest.approx(charged_for(5.0 + 5.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("message, reply", [
+    ("OUTP:PROT:WDOG ON,(@1)", '-108,"Parameter not allowed"'),  # the mainframe's: no channel list
+    ("OUTP:PROT:WDOG:DEL 30,(@1)", '-108,"Parameter not allowed"'),
+    ("OUTP:PROT:WDOG:DEL 0", '-222,"Data out of range"'),
+    ("OUTP:PROT:WDOG:DEL 3601", '-222,"Data out of range"'),
+    ("OUTP:PROT:WDOG MAYBE", '-224,"Illegal parameter value"'),
+])
+def test_sim_refuses_a_watchdog_setting_it_does_not_have(message, reply):
+    sim, _, _ = simulated()
+    assert sim.handle(message) is None
+    assert sim.handle("SYST:ERR?") == reply
+    assert (sim.watchdog_on, sim.watchdog_delay_s) == (False, 60.0)
+
+
+def test_sim_watchdog_queries_answer_from_its_state():
+    sim, _, _ = simulated()
+    send(sim, "OUTPut:PROTection:WDOG:DELay 12.4", "OUTPut:PROTection:WDOG:STATe 1")
+    assert [sim.handle(q) for q in ("OUTP:PROT:WDOG?", "OUTP:PROT:WDOG:DEL?", "OUTP:PROT:WDOG:DEL? MIN",
+                                    "OUTP:PROT:WDOG:DEL? MAX")] == ["1", "+1.20000000E+01", "+1.00000000E+00",
+                                                                    "+3.60000000E+03"]
+
+
+def restored_after(gap_s: float):
+    """The state of a charging mainframe (watchdog at 5 s, last I/O at 0 s), restored in a new
+    simulation `gap_s` later, as a resume after a host crash restores it from the checkpoint."""
+    sim, world, _ = charging_with_watchdog()
+    state, stack = sim.snapshot(), world.stack.snapshot()
+    clock = VirtualClock(start_s=gap_s)
+    fresh_world = SimWorld(StackModel(CELL, seed=1), clock)
+    fresh = SimKeysightN6705c(fresh_world, "analyzer", KeysightN6705cSimConfig(voltage_noise_V=0.0,
+                                                                               current_noise_A=0.0))
+    fresh_world.stack.restore(stack)
+    fresh.restore(state)
+    fresh_world.set_time(0.0)
+    fresh_world.sync()  # as Simulation.restore does: the hardware carried on over the gap
+    return fresh, fresh_world
+
+
+def test_sim_restored_after_a_gap_longer_than_its_delay_has_tripped_at_the_delay():
+    fresh, world = restored_after(3600.0)
+    assert fresh.latched == 2048 and world.stack.current_A == 0.0
+    assert world.stack.charged_Ah == pytest.approx(charged_for(5.0), rel=1e-12)  # on for 5 s of the hour
+
+
+def test_sim_restored_after_a_gap_shorter_than_its_delay_still_charges():
+    fresh, world = restored_after(4.0)
+    assert fresh.latched == 0 and world.stack.current_A == CHARGE_A
+
+
 # --- the driver and the simulator ------------------------------------------------------------------
 
 
@@ -530,6 +913,52 @@ def test_the_driver_reports_the_simulated_over_voltage_trip():
     assert supply.output_is_on() is False
     with pytest.raises(InstrumentError, match="over-voltage protection tripped"):
         supply.check_errors()
+
+
+def charging_driver():
+    """The driver charging the simulated cell at 66.7 mA (CL+) from test time 0, its watchdog armed
+    at 30 s; every message so far at 0 s."""
+    supply, sim, world, clock = simulated_driver()
+    start_charging(supply)
+    assert supply.arm_watchdog(30.0) == 30.0
+    assert (sim.watchdog_on, sim.watchdog_delay_s) == (True, 30.0)
+    world.sync()
+    assert world.stack.current_A == 0.0667
+    return supply, sim, world, clock
+
+
+def test_a_host_that_goes_silent_leaves_the_simulated_output_off_after_the_delay():
+    supply, sim, world, clock = charging_driver()
+    clock.sleep_until(600.0)
+    world.sync()
+    assert world.stack.charged_Ah == pytest.approx(0.0667 * 30.0 / 3600.0, rel=1e-12)
+    assert supply.output_is_on() is True  # programmed on; disabled by the watchdog
+    with pytest.raises(InstrumentError, match=re.escape("output disabled by a protection fault on a coupled channel "
+                                                        "or by the I/O watchdog (PROT)")):
+        supply.check_errors()
+
+
+def test_the_next_host_finds_the_watchdog_trip_clears_it_and_the_output_stays_off():
+    _, sim, world, clock = charging_driver()
+    clock.sleep_until(600.0)  # the host died at 0 s
+    successor = KeysightN6705c(InProcessTransport(sim, "sim://analyzer"), output=1)
+    successor.connect()
+    assert (successor.output_found_on, successor.watchdog_trip_found) == (True, True)
+    assert (sim.latched, sim.output_on, sim.watchdog_on) == (0, False, False)
+    successor.check_errors()  # nothing left latched: the run can go on
+    clock.sleep_until(6000.0)
+    world.sync()
+    assert world.stack.charged_Ah == pytest.approx(0.0667 * 30.0 / 3600.0, rel=1e-12)  # nothing since the trip
+
+
+def test_the_safe_state_leaves_the_simulated_watchdog_off_so_a_finished_run_never_trips():
+    supply, sim, world, clock = charging_driver()
+    clock.sleep_until(10.0)
+    supply.safe_state()
+    assert (sim.output_on, sim.watchdog_on) == (False, False)
+    clock.sleep_until(10_000.0)
+    world.sync()
+    assert sim.latched == 0
 
 
 # --- runs on the built-in bench -------------------------------------------------------------------
@@ -588,3 +1017,172 @@ def test_a_simulated_bench_must_name_the_slot_its_simulation_wires(tmp_path):
                     'resource: "sim://analyzer", output: 2}\n')
     with pytest.raises(InvalidInput, match="instruments.analyzer.output: 2, but the simulated supply has output 1"):
         load_bench(str(path))
+
+
+# --- the watchdog in the runner: armed at configure, off at the safe state, and a host that dies ------
+
+
+@pytest.mark.parametrize("tick_s, silence_s", [(0.25, 30.0), (1.0, 30.0), (6.0, 30.0), (10.0, 50.0), (60.0, 300.0)])
+def test_the_watchdog_silence_is_five_ticks_and_never_under_30_s(tick_s, silence_s):
+    assert watchdog_silence_s(tick_s) == silence_s
+
+
+@pytest.mark.parametrize("tick_s, delay", [(1.0, "30"), (10.0, "50")])
+def test_configure_arms_the_watchdog_after_the_protection_with_the_outputs_off(tick_s, delay):
+    config = load_bench("sim-n6781a").config.channels["cell1"].model_copy(update={"tick_s": tick_s})
+    with connected(*PROTECT, *armed(delay), ("OUTP OFF,(@1)", None), ("OUTP? (@1)", "0"), *DISARM) as supply:
+        supply.connect()
+        channel = Channel("cell1", config, SupplyDrive(supply), {}, VirtualClock())
+        channel.configure(SafetyEnvelope.tightest(config.dut.safety))  # 4.35 V x 1.05, 0.44 A x 1.05
+        assert dict(channel.watchdogs) == {"supply": float(delay)}
+        channel.safe_state()
+
+
+def test_configure_for_a_look_only_leaves_the_watchdog_off():
+    config = load_bench("sim-n6781a").config.channels["cell1"]
+    with connected(*PROTECT) as supply:  # a resume's preview: its operator may take minutes
+        supply.connect()
+        channel = Channel("cell1", config, SupplyDrive(supply), {}, VirtualClock())
+        channel.configure(SafetyEnvelope.tightest(config.dut.safety), arm_watchdogs=False)
+        assert dict(channel.watchdogs) == {}
+
+
+def test_a_drive_whose_instrument_has_no_watchdog_records_none():
+    class Unwatched(KeysightN6705c):
+        def arm_watchdog(self, silence_s):
+            return BidirectionalSupply.arm_watchdog(self, silence_s)  # the role's default
+
+    drive = SupplyDrive(Unwatched(ScriptedTransport([]), output=1))
+    assert dict(drive.arm_watchdog(30.0)) == {"supply": None}
+
+
+@pytest.fixture
+def simulations(monkeypatch) -> list:
+    """Every simulated bench the session builds, in order (the first run's, then a resume's)."""
+    built = []
+    build = session.build_simulation
+    monkeypatch.setattr(session, "build_simulation", lambda *args, **kwargs: built.append(build(*args, **kwargs))
+                        or built[-1])
+    return built
+
+
+class WatchesTheWatchdog(SilentReporter):
+    def __init__(self, simulations: list):
+        self.simulations, self.seen = simulations, set()
+
+    def tick(self, status) -> None:
+        analyzer = self.simulations[-1].instruments["analyzer"]
+        self.seen.add((analyzer.watchdog_on, analyzer.watchdog_delay_s, analyzer.latched))
+
+
+def test_a_run_keeps_the_watchdog_armed_at_30_s_and_leaves_it_off(run_protocol, simulations):
+    reporter = WatchesTheWatchdog(simulations)
+    result = run_protocol(bench="sim-n6781a", reporter=reporter)
+    assert result.outcome.state == "completed" and result.outcome.outputs_confirmed_off
+    assert reporter.seen == {(True, 30.0, 0)}  # every tick: armed, never tripped
+    analyzer = result.simulation.instruments["analyzer"]
+    assert (analyzer.output_on, analyzer.watchdog_on, analyzer.latched) == (False, False, 0)
+
+
+# A charge long enough to die in, then a rest.
+CHARGE_THEN_REST = """name: charge-then-rest
+record: {time_s: 1}
+steps:
+  - {step: cc, name: charge, current_C: 1.0, until: [{step_time_s: 600}]}
+  - {step: rest, name: rest, duration_s: 60}
+"""
+DIES_AT_S = 200.0
+
+
+class HostDied(BaseException):
+    """The host process vanishing: no safe state, no `finally` that speaks to an instrument."""
+
+
+class DiesAt(SilentReporter):
+    def __init__(self, t: float):
+        self.t, self.died_at = t, None
+
+    def tick(self, status) -> None:
+        if status.test_time_s >= self.t:
+            self.died_at = status.test_time_s  # after this tick's messages: the last I/O
+            raise HostDied
+
+
+def die_mid_charge(run_text, monkeypatch) -> float:
+    """A run on sim-n6781a whose host dies at DIES_AT_S into its 1C charge; the test time of death."""
+    def vanish(opened) -> None:  # what the operating system does for a killed process: its locks go
+        opened.locks.release_all()
+        for handler in opened.notices:
+            logging.getLogger(session.DRIVER_LOGGER).removeHandler(handler)
+
+    reporter = DiesAt(DIES_AT_S)
+    with monkeypatch.context() as patched:
+        patched.setattr(session.OpenBench, "close", vanish)
+        patched.setattr(runner, "CHECKPOINT_INTERVAL_WALL_S", 0.0)  # a checkpoint every tick: up to the death
+        with pytest.raises(HostDied):
+            run_text(CHARGE_THEN_REST, bench="sim-n6781a", reporter=reporter)
+    return reporter.died_at
+
+
+def test_a_host_that_dies_mid_charge_leaves_the_output_off_from_exactly_its_last_io_plus_the_delay(
+        run_text, simulations, monkeypatch):
+    died_at = die_mid_charge(run_text, monkeypatch)
+    world, analyzer = simulations[0].world, simulations[0].instruments["analyzer"]
+    charging_A, charged_Ah = world.stack.current_A, world.stack.charged_Ah  # as of the last message
+    assert charging_A == pytest.approx(0.2) and analyzer.output_on and analyzer.watchdog_on
+    world.clock.sleep_until(died_at + 3600.0)  # nobody speaks to it for an hour
+    world.sync()
+    assert world.stack.charged_Ah - charged_Ah == pytest.approx(charging_A * 30.0 / 3600.0, rel=1e-9)
+    assert (world.stack.current_A, analyzer.latched) == (0.0, 2048)
+
+
+def test_a_run_whose_host_died_resumes_once_the_next_connect_has_cleared_the_watchdog_trip(
+        run_text, simulations, monkeypatch, tmp_path):
+    die_mid_charge(run_text, monkeypatch)
+    folder = next((tmp_path / "runs").iterdir())
+    # the host died in this test's own process: run.json names the pid of one that has ended
+    meta = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps(meta | {"pid": ended_pid()}))
+    checkpoint = json.loads((folder / "checkpoint.json").read_text())
+    checkpoint["wall_unix_time_s"] = time.time() - 1.0  # a second ago: at 1000x, 1000 s of gap
+    (folder / "checkpoint.json").write_text(json.dumps(checkpoint))
+    benches = []
+    open_bench = session.open_bench
+    monkeypatch.setattr(session, "open_bench", lambda *args, **kwargs: benches.append(open_bench(*args, **kwargs))
+                        or benches[-1])
+    at_confirm = {}
+
+    def confirm(preview) -> bool:
+        resumed = simulations[-1]
+        at_confirm.update(preview=preview, charged_Ah=resumed.world.stack.charged_Ah,
+                          analyzer=resumed.instruments["analyzer"].snapshot())
+        return True
+
+    result = session.resume(folder, SilentReporter(), confirm=confirm, speed=1000.0)
+    assert result.outcome.state == "completed" and result.outcome.outputs_confirmed_off
+    # Over the gap the restored hardware charged on until its last I/O + 30 s, then its watchdog tripped
+    then = checkpoint["simulation"]
+    stack, analyzer = then["stacks"]["main"], then["instruments"]["analyzer"]
+    assert analyzer["output_on"] and analyzer["watchdog_on"] and analyzer["watchdog_delay_s"] == 30.0
+    on_for_s = analyzer["last_io_s"] + 30.0 - then["time_s"]
+    assert at_confirm["charged_Ah"] == pytest.approx(stack["charged_Ah"] + stack["current_A"] * on_for_s / 3600.0,
+                                                     rel=1e-9)
+    # ... and the resume's connect found it, reported it and cleared it, the output switched off
+    assert benches[-1].drivers["analyzer"].watchdog_trip_found is True
+    assert at_confirm["preview"].output_found_on is True and at_confirm["preview"].watchdog_trip_found is True
+    assert "switched itself off when the host went silent" in at_confirm["preview"].text()
+    assert (at_confirm["analyzer"]["latched"], at_confirm["analyzer"]["output_on"]) == (0, False)
+    # not armed while the operator takes their time to answer: it would trip with nobody talking
+    assert at_confirm["analyzer"]["watchdog_on"] is False
+    events = events_of(folder)
+    resumed_event = next(e for e in events if e["event"] == "resumed")
+    assert resumed_event["output_found_on"] is True and resumed_event["gap_s"] >= 1000.0
+    assert resumed_event["watchdog_trip_found"] is True
+    # the resumed runner armed it again before switching anything on, and said so
+    armed = [e for e in events if e["event"] == "instrument_watchdogs"]
+    assert [e["armed_s"] for e in armed] == [{"supply": 30.0}, {"supply": 30.0}]  # the first run, the resume
+    assert armed[-1]["trip_found_at_connect"] is True
+    samples = assert_continuous(folder)
+    assert samples["Step Time / s"].max() == pytest.approx(600.0, abs=1.0)  # the charge finished its 600 s
+    final = result.simulation.instruments["analyzer"]
+    assert (final.output_on, final.watchdog_on, final.latched) == (False, False, 0)

@@ -11,6 +11,9 @@ limit (SINK:CURR), plus power limits. If the DUT is below the voltage set value 
 sources up to CURR; above it, it sinks up to SINK:CURR. That is how it charges at constant
 current (set voltage above the battery), discharges at constant current (set voltage below),
 and does CC-CV either way natively.
+
+No interface watchdog is simulated: the driver arms none, its command being unconfirmed (see the
+driver's module notes).
 """
 
 from __future__ import annotations

@@ -30,21 +30,39 @@ Emulator choices where the sources are silent, each [uncertain]:
   Guide (p. 88) says changing the priority does; modes other than PS1Q and PS2Q are refused with
   -221 (not simulated; PS4Q exists on the N6784A only);
 * OUTP ON with a latched protection is refused with -221; readings are NR3.
+
+The I/O watchdog (commands, range and behaviour from the driver's module notes), on the simulated
+world's clock: every SCPI message that reaches the mainframe is I/O activity. With the watchdog on,
+the output trips at the moment last I/O + delay, however long it is until the next message and
+whichever instrument next asks the world for its state (a DAQ read first): the trip is a change
+the world makes at that test time (SimWorld.at), so the stack carries the current up to that
+moment and none after it. One check is pending at a time: when it comes due and there was I/O
+since, it is made again at last I/O + delay; a shorter delay set meanwhile supersedes it. The trip
+latches PROT (2048) with the programmed output state unchanged (OUTP? still reads 1) and no
+current; OUTP:PROT:CLE clears it and the output returns to its programmed state; *RST switches the
+watchdog off (delay 60 s). Emulator choices, each [uncertain]: the commands take no channel list
+(one is refused with -108, parameter not allowed); a delay between whole seconds is rounded to the
+nearest; OUTP:PROT:WDOG:DEL? answers NR3. The watchdog's state and the time of the last I/O are
+part of the snapshot: a simulation restored after a host crash trips at once if the checkpoint's
+last I/O is longer ago than the delay.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..keysight_n6705c import (LIMIT_NEGATIVE, LIMIT_POSITIVE, MAX_OVER_VOLTAGE_V, MODULE, RANGES, SLOTS,
-                               VoltageRange)
+from ..keysight_n6705c import (LIMIT_NEGATIVE, LIMIT_POSITIVE, MAX_OVER_VOLTAGE_V, MODULE, PROTECTION, RANGES, SLOTS,
+                               WATCHDOG_DELAYS_S, VoltageRange)
 from .scpi import ScpiError, scpi
 from .world import SimWorld, TerminalScpiInstrument
 
 OVER_VOLTAGE = 1  # STAT:QUES:COND? bits this simulator latches
 OVER_CURRENT = 2
+WATCHDOG_TRIP = PROTECTION  # PROT (N6700C Operating and Service Guide p. 158)
+WATCHDOG_RESET_DELAY_S = 60.0  # as shipped and after *RST (see the driver's module notes)
 # EMUL parameters (manual spelling); the N6781A is simulated as a one- or two-quadrant supply
 EMULATIONS = ("PS1Q", "PS2Q", "PS4Q", "BATTery", "CHARger", "CCLoad", "CVLoad", "VMETer", "AMETer")
 SIMULATED_EMULATIONS = ("PS1Q", "PS2Q")
@@ -75,6 +93,9 @@ class SimKeysightN6705c(TerminalScpiInstrument):
         self.config = config
         self.IDENTITY = f"Keysight Technologies,N6705C,{config.serial},{config.firmware}"
         self._rng = world.noise_rng(name)
+        self.last_io_s = world.clock.now()  # test time of the last SCPI message (the watchdog's I/O activity)
+        self._check_at: float | None = None  # test time of the pending watchdog check
+        self._check_generation = 0  # a check made at a superseded time does nothing
         self.reset()
         self.source_A = 0.0  # what the output drives into the stack at the present operating point
         self.limit_bits = 0  # LIM+ / LIM- of the present operating point
@@ -86,6 +107,8 @@ class SimKeysightN6705c(TerminalScpiInstrument):
         self.ovp_V = MAX_OVER_VOLTAGE_V
         self.ocp_enabled = False
         self.latched = 0  # protection bits that hold until OUTP:PROT:CLE
+        self.watchdog_on = False
+        self.watchdog_delay_s = WATCHDOG_RESET_DELAY_S
         self._reset_output_settings()
 
     def _reset_output_settings(self) -> None:
@@ -100,7 +123,46 @@ class SimKeysightN6705c(TerminalScpiInstrument):
         self.tracking = True
 
     _STATE = ("emulation", "priority", "ovp_V", "ocp_enabled", "latched", "output_on", "range_V", "voltage_V",
-              "current_level_A", "voltage_limit_V", "positive_limit_A", "negative_limit_A", "tracking")
+              "current_level_A", "voltage_limit_V", "positive_limit_A", "negative_limit_A", "tracking",
+              "watchdog_on", "watchdog_delay_s", "last_io_s")
+
+    # --- the I/O watchdog ---------------------------------------------------------------------
+
+    def handle(self, message: str) -> str | None:
+        self.world.sync()  # the physics up to this message, a watchdog trip that came due included
+        self.last_io_s = self.world.clock.now()
+        reply = super().handle(message)  # its own sync finds the world already there
+        if self.watchdog_on:
+            self._watch()
+        return reply
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self._check_at = None
+        self._check_generation += 1
+        if self.watchdog_on:
+            self._watch()  # a deadline already past trips at the world's next sync
+
+    def _watch(self) -> None:
+        """A check at last I/O + delay, unless one is pending at or before it."""
+        deadline = self.last_io_s + self.watchdog_delay_s
+        if self._check_at is not None and self._check_at <= deadline:
+            return  # it comes due first and looks again (see _check)
+        self._check_generation += 1
+        self._check_at = deadline
+        self.world.at(deadline, partial(self._check, self._check_generation, deadline))
+
+    def _check(self, generation: int, due_at: float) -> None:
+        """Made by the world at test time `due_at`: trip if nothing was heard for the delay."""
+        if generation != self._check_generation:
+            return  # superseded by an earlier deadline
+        self._check_at = None
+        if not self.watchdog_on:
+            return
+        if self.last_io_s + self.watchdog_delay_s <= due_at:
+            self.latched |= WATCHDOG_TRIP  # output disabled, its programmed state unchanged
+        else:
+            self._watch()  # there was I/O since: look again at the new deadline
 
     @property
     def voltage_range(self) -> VoltageRange:
@@ -117,7 +179,7 @@ class SimKeysightN6705c(TerminalScpiInstrument):
 
     def current_into_dut(self, emf_V: float, resistance_ohm: float) -> float:
         self.source_A, self.limit_bits = self._operating_point(emf_V, max(resistance_ohm, 1e-9))
-        if self.output_on:
+        if self.output_on and not self.latched:
             terminal = emf_V + self.source_A * resistance_ohm
             trip = (OVER_VOLTAGE if terminal > self.ovp_V else 0) | (OVER_CURRENT if self.ocp_enabled
                                                                      and self.limit_bits else 0)
@@ -128,7 +190,7 @@ class SimKeysightN6705c(TerminalScpiInstrument):
         return self.source_A
 
     def _operating_point(self, emf_V: float, resistance_ohm: float) -> tuple[float, int]:
-        if not self.output_on:
+        if not self.output_on or self.latched:  # a latched protection disables the output
             return 0.0, 0
         if self.priority == "VOLT":
             wanted = (self.voltage_V - emf_V) / resistance_ohm
@@ -315,7 +377,28 @@ class SimKeysightN6705c(TerminalScpiInstrument):
     @scpi("OUTPut:PROTection:CLEar", nargs=(0, 1))
     def _clear_protection(self, args):
         self._parameters(args, 0)
-        self.latched = 0
+        self.latched = 0  # the output returns to its programmed state
+
+    @scpi("OUTPut:PROTection:WDOG[:STATe]")
+    def _watchdog(self, args):
+        (text,) = args
+        self.watchdog_on = self.boolean(text)
+
+    @scpi("OUTPut:PROTection:WDOG[:STATe]?")
+    def _watchdog_q(self, args):
+        return "1" if self.watchdog_on else "0"
+
+    @scpi("OUTPut:PROTection:WDOG:DELay")
+    def _watchdog_delay(self, args):
+        (text,) = args
+        low, high = WATCHDOG_DELAYS_S
+        self.watchdog_delay_s = float(round(self.number(text, low, high, units=("S",))))  # a shorter one: see _watch
+
+    @scpi("OUTPut:PROTection:WDOG:DELay?", nargs=(0, 1))
+    def _watchdog_delay_q(self, args):
+        if args:
+            return self.nr3(WATCHDOG_DELAYS_S[self.choice(args[0], ("MINimum", "MAXimum")) == "MAXIMUM"])
+        return self.nr3(self.watchdog_delay_s)
 
     # --- measurements and status ------------------------------------------------------------------
 

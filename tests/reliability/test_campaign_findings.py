@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import events_of
+from support import ended_pid, events_of
 
 import stackcycler.session as session
 from stackcycler.bench import load_bench
@@ -32,7 +32,8 @@ def test_a_run_killed_after_its_last_step_but_before_run_json_said_so_is_not_res
     folder = run_protocol().outcome.folder
     assert events_of(folder)[-1]["event"] == "run_end"
     meta = json.loads((folder / "run.json").read_text())
-    (folder / "run.json").write_text(json.dumps({**meta, "state": "running"}))  # the kill came before it was written
+    # the kill came before it was written (and the killed process has gone)
+    (folder / "run.json").write_text(json.dumps({**meta, "state": "running", "pid": ended_pid()}))
     with pytest.raises(InvalidInput, match="the run had finished its protocol when its process stopped"):
         session.resume(folder, SilentReporter(), confirm=lambda preview: True)
 
