@@ -290,10 +290,9 @@ class Runner:
         checked against the instruments' ratings, before anything is switched on."""
         self.channel.configure(self.plan.envelope)
         drive = self.channel.drive
-        armed = {role: delay for role, delay in self.channel.watchdogs.items() if delay is not None}
-        if armed or drive.watchdog_trip_found:
-            # which outputs switch themselves off if this process dies, and after how long
-            self._event("instrument_watchdogs", armed_s=armed, trip_found_at_connect=drive.watchdog_trip_found)
+        # which outputs switch themselves off if this process dies, and after how long (None: no watchdog)
+        self._event("instrument_watchdogs", armed_s=dict(self.channel.watchdogs),
+                    trip_found_at_connect=drive.watchdog_trip_found)
         self._controls = {step.number: control_for(step, self.plan.envelope, drive.ratings, drive.has_power_limits,
                                                    self.plan.dut) for step in self.plan.steps}
         problems = drive.rating_problems(self.plan.steps, self._controls)

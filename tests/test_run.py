@@ -51,6 +51,15 @@ def test_capacity_check_runs_its_four_steps_in_order_with_end_reasons(run_protoc
     assert ends[2]["voltage_V"] <= 69.0
 
 
+def test_the_run_records_that_its_supply_has_no_instrument_watchdog_before_the_first_step(run_protocol):
+    events = events_of(run_protocol())
+    kinds = [e["event"] for e in events]
+    watchdogs = events[kinds.index("instrument_watchdogs")]
+    assert kinds.index("instrument_watchdogs") < kinds.index("step_start")  # before anything is switched on
+    # the EA PSB has no confirmed watchdog command (drivers/ea_psb.py); the N6705C's is in test_n6705c.py
+    assert watchdogs["armed_s"] == {"supply": None} and watchdogs["trip_found_at_connect"] is False
+
+
 def test_samples_use_battery_data_format_names_with_per_layer_columns(run_protocol):
     samples = samples_of(run_protocol())
     for column in ("Test Time / s", "Voltage / V", "Current / A", "Unix Time / s", "Cycle Count / 1",
