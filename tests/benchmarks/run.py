@@ -143,19 +143,7 @@ SMOKE = Sizes(repeats=1, capacity_overrides=QUICK.capacity_overrides, life_cycle
               summary_rows=10_000, summary_repeats=1, driver_queries=20, full=False)  # does the harness still run? (the tests)
 
 
-# --- 10. the drivers' own cost ------------------------------------------------------------------
-
-
-def measurement_calls(opened, config) -> dict[str, Callable[[], object]]:
-    """instrument name -> the call a tick makes of it: measure(), scan() or read()."""
-    calls = {}
-    for name in config.drive_instruments().values():
-        calls[name] = opened.drivers[name].measure
-    for name in config.meter_names():
-        calls[name] = opened.drivers[name].scan
-    if config.chamber:
-        calls[config.chamber] = opened.drivers[config.chamber].read
-    return calls
+# --- instrumentation shared by several benchmarks ------------------------------------------------
 
 
 def configured_channel(opened, config, name: str) -> Channel:
@@ -165,71 +153,6 @@ def configured_channel(opened, config, name: str) -> Channel:
                       chamber_for(config, opened.drivers))
     channel.configure(SafetyEnvelope.tightest(config.dut.safety))
     return channel
-
-
-def driver_over_raw_pyvisa(queries: int, repeats: int) -> dict:
-    # The one query each call makes, as the driver sends it (drivers/ea_psb.py, keysight_daq970a.py).
-    raw_query = {"supply": "MEAS:ARR?", "daq": "READ?"}
-    per_instrument: dict[str, dict[str, list[float]]] = {name: {"driver": [], "raw": []} for name in raw_query}
-    with served_bench("sim", LOOPBACK_TICK_S) as (bench_path, _):
-        bench = load_bench(str(bench_path))
-        name, config = next(iter(bench.config.channels.items()))
-        opened = open_bench(bench, set(raw_query), speed=None)
-        try:
-            configured_channel(opened, config, name)
-            calls = measurement_calls(opened, config)
-            for _ in range(repeats):
-                for instrument, message in raw_query.items():
-                    call, session = calls[instrument], opened.drivers[instrument].transport._session
-                    driver_s, raw_s = [], []
-                    for _ in range(queries):  # alternating, so that drift hits both alike
-                        start = time.perf_counter()
-                        call()
-                        middle = time.perf_counter()
-                        session.query(message)
-                        driver_s.append(middle - start)
-                        raw_s.append(time.perf_counter() - middle)
-                    per_instrument[instrument]["driver"].append(statistics.median(driver_s) * 1e6)
-                    per_instrument[instrument]["raw"].append(statistics.median(raw_s) * 1e6)
-        finally:
-            opened.close()
-    return {instrument: {"query": raw_query[instrument], "driver_us": summarise(times["driver"]),
-                         "raw_us": summarise(times["raw"]),
-                         "ratio": summarise([d / r for d, r in zip(times["driver"], times["raw"])])}
-            for instrument, times in per_instrument.items()}
-
-
-def in_process_calls_per_s(queries: int, repeats: int) -> dict:
-    rates: dict[str, list[float]] = {}
-    for bench_name in sorted(builtin_benches()):
-        bench = load_bench(bench_name)
-        name, config = next(iter(bench.config.channels.items()))
-        instruments = {*config.drive_instruments().values(), *config.meter_names(),
-                       *([config.chamber] if config.chamber else [])}
-        opened = open_bench(bench, instruments, speed=None)
-        try:
-            configured_channel(opened, config, name)
-            tick_s = config.tick_s
-            for instrument, call in measurement_calls(opened, config).items():
-                label = f"{bench_name}: {bench.config.instruments[instrument].driver} {call.__name__}()"
-                for _ in range(repeats):
-                    start_s = opened.clock.now()
-                    start = time.perf_counter()
-                    for k in range(1, queries + 1):
-                        opened.clock.sleep_until(start_s + k * tick_s)
-                        call()
-                    rates.setdefault(label, []).append(queries / (time.perf_counter() - start))
-        finally:
-            opened.close()
-    return {label: summarise(values) for label, values in rates.items()}
-
-
-def driver_cost(sizes: Sizes) -> dict:
-    return {"over_tcp": driver_over_raw_pyvisa(sizes.driver_queries, sizes.repeats),
-            "in_process_calls_per_s": in_process_calls_per_s(sizes.driver_queries, sizes.repeats)}
-
-
-# --- instrumentation shared by several benchmarks ------------------------------------------------
 
 
 @contextmanager
@@ -360,9 +283,7 @@ def bare_measure_ticks_per_s(ticks: int) -> float:
     config = bench.config.channels["stack1"]
     opened = open_bench(bench, {config.supply, *config.meter_names()}, speed=None)
     try:
-        channel = Channel("stack1", config, opened.drivers[config.supply],
-                          {name: opened.drivers[name] for name in config.meter_names()}, opened.clock)
-        channel.configure(SafetyEnvelope.tightest(config.dut.safety))
+        channel = configured_channel(opened, config, "stack1")
         start = time.perf_counter()
         for k in range(ticks):
             opened.clock.sleep_until(float(k))
@@ -793,6 +714,83 @@ def breach_to_off_ms(start_s: float, repeats: int) -> dict:
             trip_after_s.append(first_over - ticks[0][0])
     return {"tick_s": LOOPBACK_TICK_S, "started_at_test_time_s": state["time_s"], "limit_V": limit,
             "ms": summarise(ms), "ticks": summarise(ticks_between), "first_over_limit_after_s": summarise(trip_after_s)}
+
+
+# --- 10. the drivers' own cost ------------------------------------------------------------------
+
+
+def measurement_calls(opened, config) -> dict[str, Callable[[], object]]:
+    """instrument name -> the call a tick makes of it: measure(), scan() or read()."""
+    calls = {}
+    for name in config.drive_instruments().values():
+        calls[name] = opened.drivers[name].measure
+    for name in config.meter_names():
+        calls[name] = opened.drivers[name].scan
+    if config.chamber:
+        calls[config.chamber] = opened.drivers[config.chamber].read
+    return calls
+
+
+def driver_over_raw_pyvisa(queries: int, repeats: int) -> dict:
+    # The one query each call makes, as the driver sends it (drivers/ea_psb.py, keysight_daq970a.py).
+    raw_query = {"supply": "MEAS:ARR?", "daq": "READ?"}
+    per_instrument: dict[str, dict[str, list[float]]] = {name: {"driver": [], "raw": []} for name in raw_query}
+    with served_bench("sim", LOOPBACK_TICK_S) as (bench_path, _):
+        bench = load_bench(str(bench_path))
+        name, config = next(iter(bench.config.channels.items()))
+        opened = open_bench(bench, set(raw_query), speed=None)
+        try:
+            configured_channel(opened, config, name)
+            calls = measurement_calls(opened, config)
+            for _ in range(repeats):
+                for instrument, message in raw_query.items():
+                    call, session = calls[instrument], opened.drivers[instrument].transport._session
+                    driver_s, raw_s = [], []
+                    for _ in range(queries):  # alternating, so that drift hits both alike
+                        start = time.perf_counter()
+                        call()
+                        middle = time.perf_counter()
+                        session.query(message)
+                        driver_s.append(middle - start)
+                        raw_s.append(time.perf_counter() - middle)
+                    per_instrument[instrument]["driver"].append(statistics.median(driver_s) * 1e6)
+                    per_instrument[instrument]["raw"].append(statistics.median(raw_s) * 1e6)
+        finally:
+            opened.close()
+    return {instrument: {"query": raw_query[instrument], "driver_us": summarise(times["driver"]),
+                         "raw_us": summarise(times["raw"]),
+                         "ratio": summarise([d / r for d, r in zip(times["driver"], times["raw"])])}
+            for instrument, times in per_instrument.items()}
+
+
+def in_process_calls_per_s(queries: int, repeats: int) -> dict:
+    rates: dict[str, list[float]] = {}
+    for bench_name in sorted(builtin_benches()):
+        bench = load_bench(bench_name)
+        name, config = next(iter(bench.config.channels.items()))
+        instruments = {*config.drive_instruments().values(), *config.meter_names(),
+                       *([config.chamber] if config.chamber else [])}
+        opened = open_bench(bench, instruments, speed=None)
+        try:
+            configured_channel(opened, config, name)
+            tick_s = config.tick_s
+            for instrument, call in measurement_calls(opened, config).items():
+                label = f"{bench_name}: {bench.config.instruments[instrument].driver} {call.__name__}()"
+                for _ in range(repeats):
+                    start_s = opened.clock.now()
+                    start = time.perf_counter()
+                    for k in range(1, queries + 1):
+                        opened.clock.sleep_until(start_s + k * tick_s)
+                        call()
+                    rates.setdefault(label, []).append(queries / (time.perf_counter() - start))
+        finally:
+            opened.close()
+    return {label: summarise(values) for label, values in rates.items()}
+
+
+def driver_cost(sizes: Sizes) -> dict:
+    return {"over_tcp": driver_over_raw_pyvisa(sizes.driver_queries, sizes.repeats),
+            "in_process_calls_per_s": in_process_calls_per_s(sizes.driver_queries, sizes.repeats)}
 
 
 # --- the table ---------------------------------------------------------------------------------------
