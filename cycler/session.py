@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from stackcycler import __version__
 from stackcycler.drivers.registry import DRIVERS
-from stackcycler.drivers.sim.simulation import MAIN_STACK, Simulation, build_simulation
+from stackcycler.drivers.sim.simulation import Simulation, build_simulation, snapshot_stacks
 from stackcycler.drivers.transport import (DEFAULT_BAUD_RATE, SIM_SCHEME, open_byte_transport,
                                          open_transport)
 from stackcycler.protocols import ProtocolFile, load_protocol
@@ -851,12 +851,9 @@ def _simulation_state(runs: list[_Resumable], config: BenchConfig) -> dict | Non
     instrument_source = {name: one_owner(owners) for name, owners in drivers_of.items()}
     stack_source = {stack: one_owner(owners) for stack, owners in stack_drivers.items()}
 
-    def stacks_of(snapshot: dict) -> dict:
-        return snapshot.get("stacks") or {MAIN_STACK: snapshot["stack"]}
-
-    stacks = {name: (stack_source.get(name) or latest) for name in stacks_of(latest)}
+    stacks = {name: (stack_source.get(name) or latest) for name in snapshot_stacks(latest)}
     merged = {"time_s": latest["time_s"],
-              "stacks": {name: stacks_of(source)[name] for name, source in stacks.items()},
+              "stacks": {name: snapshot_stacks(source)[name] for name, source in stacks.items()},
               "stack_times_s": {name: source["time_s"] for name, source in stacks.items()},
               "instruments": {name: (instrument_source.get(name) or latest)["instruments"][name]
                               for name in latest["instruments"]},

@@ -89,6 +89,12 @@ class SimulationConfig(BaseModel):
         return self
 
 
+def snapshot_stacks(state: dict) -> dict:
+    """Stack name -> its state in a snapshot (Simulation.snapshot), also from runs checkpointed
+    with one stack, before snapshots named them."""
+    return state.get("stacks") or {MAIN_STACK: state["stack"]}
+
+
 @dataclass
 class Simulation:
     worlds: dict[str, SimWorld]  # one per simulated stack, on one clock
@@ -113,7 +119,7 @@ class Simulation:
         """Continue from a snapshot: the hardware carries on, untouched, until the clock's now.
         `stack_times_s` (optional, stack -> test time) gives a stack a moment of its own: several
         channels resumed together bring snapshots taken at different moments (session.py)."""
-        stacks = state.get("stacks") or {MAIN_STACK: state["stack"]}  # runs checkpointed with one stack
+        stacks = snapshot_stacks(state)
         stack_times = state.get("stack_times_s") or {}
         for name, stack_state in stacks.items():
             self.worlds[name].stack.restore(stack_state)
