@@ -28,6 +28,7 @@ from stackcycler.drivers.sim.simulation import SimulationConfig
 from stackcycler.drivers.transport import DEFAULT_TIMEOUT_S, SIM_SCHEME
 
 from .errors import InvalidInput
+from .locks import canonical_resource
 from .safety import SafetyLimits
 from .validation import builtin_files, find_data_file, parse_data_text, read_text, validate_data
 
@@ -56,6 +57,8 @@ class DutSpec(_Strict):
     safety: SafetyLimits = SafetyLimits()
 
 
+MAX_TIMEOUT_S = 120.0
+
 # Settings a driver may take beside its resource (each driver says which it accepts: BENCH_SETTINGS).
 DRIVER_SETTINGS = ("output", "address", "baud_rate")
 
@@ -63,7 +66,9 @@ DRIVER_SETTINGS = ("output", "address", "baud_rate")
 class InstrumentConfig(_Strict):
     driver: str
     resource: str = Field(description="VISA resource string, or sim://NAME on a simulated bench")
-    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    # An instrument silent for two minutes is lost; longer timeouts would also stretch the output
+    # watchdogs past what they allow (channel.watchdog_silence_s; the N6705C's ends at 3600 s).
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
     output: int | None = Field(None, description="the output wired to the DUT, on a multi-output supply")
     address: int | None = Field(None, description="bus address, on an instrument that has one (BK 8500)")
     baud_rate: int | None = Field(None, description="serial baud rate, on a serial instrument (BK 8500)")
@@ -217,6 +222,16 @@ class BenchConfig(_Strict):
                 if instrument.driver not in accepted:
                     raise ValueError(f"channel '{channel_name}': instrument '{name}' ({instrument.driver}) cannot "
                                      f"act as a {role}; {role} drivers: {', '.join(accepted)}")
+        # One physical instrument is opened once: two entries for it (a channel on each output of a
+        # multi-output supply, say) would share its error queue, protection and watchdog unknowingly,
+        # and the second would find the first's lock.
+        named: dict[str, str] = {}
+        for name, instrument in self.instruments.items():
+            first = named.setdefault(canonical_resource(instrument.resource), name)
+            if first != name:
+                raise ValueError(f"instruments.{name}.resource: {instrument.resource} is already instrument '{first}'; "
+                                 "each instrument is listed once (channels on several outputs of one instrument "
+                                 "are not supported yet)")
         simulated = self.simulation.instruments if self.simulation else {}
         for name, instrument in self.instruments.items():
             if instrument.resource.startswith(SIM_SCHEME):
@@ -233,6 +248,14 @@ class BenchConfig(_Strict):
     @property
     def simulated(self) -> bool:
         return self.simulation is not None
+
+    def lost_meter_wait_s(self) -> float:
+        """The longest one tick (of any channel: channels run together share a round) may wait on
+        meters and chambers that stopped answering: each is waited for twice its timeout before it
+        is taken as lost, and again every tick while it stays lost (transport.query_waiting_once_more)."""
+        readers = {name for channel in self.channels.values()
+                   for name in (*channel.meter_names(), *([channel.chamber] if channel.chamber else []))}
+        return sum(2 * self.instruments[name].timeout_s for name in readers)
 
 
 # --- finding and loading bench files ------------------------------------------------------

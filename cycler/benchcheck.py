@@ -85,7 +85,7 @@ def _check_channel(bench: BenchFile, name: str, instruments: set[str], report: B
     try:
         channel = Channel(name, config, drive_for(config, opened.drivers),
                           {meter: opened.drivers[meter] for meter in config.meter_names()}, opened.clock,
-                          chamber_for(config, opened.drivers))
+                          chamber_for(config, opened.drivers), bench.config.lost_meter_wait_s())
         report.add(not channel.drive.output_found_on,
                    f"channel {name}: outputs off" if not channel.drive.output_found_on else
                    f"channel {name}: an output was found ON at connect (switched off)")

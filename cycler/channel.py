@@ -48,14 +48,18 @@ HARDWARE_PROTECTION_MARGIN = 1.05
 # 30 s ride those out; 30 s is also what Microcycler allows a silent host (reference
 # battery-testing.md §7). Short enough to matter: 30 s of a 1C charge is under 1 % of the
 # capacity, against the hours until somebody notices a dead host. The longest tick (60 s) asks for
-# 300 s, within every watchdog here (the N6705C's goes to 3600 s).
+# 300 s, within every watchdog here (the N6705C's goes to 3600 s). Meters with long timeouts can
+# hold a live tick longer than that (a lost meter is waited for twice its timeout, every tick):
+# then the watchdog allows twice the longest such tick.
 WATCHDOG_MIN_S = 30.0
 WATCHDOG_TICKS = 5
+WATCHDOG_MARGIN = 2.0
 
 
-def watchdog_silence_s(tick_s: float) -> float:
-    """The host silence after which an output instrument's watchdog switches it off."""
-    return max(WATCHDOG_MIN_S, WATCHDOG_TICKS * tick_s)
+def watchdog_silence_s(tick_s: float, lost_meter_wait_s: float = 0.0) -> float:
+    """The host silence after which an output instrument's watchdog switches it off, for a tick of
+    `tick_s` that may also wait `lost_meter_wait_s` on meters that stopped answering."""
+    return max(WATCHDOG_MIN_S, WATCHDOG_TICKS * tick_s, WATCHDOG_MARGIN * (tick_s + lost_meter_wait_s))
 
 
 NO_WATCHDOGS: Mapping[str, float | None] = MappingProxyType({})
@@ -413,9 +417,12 @@ def unsupported_steps(steps: Iterable[PlannedStep], config: ChannelConfig, instr
 
 class Channel:
     def __init__(self, name: str, config: ChannelConfig, drive: Drive | BidirectionalSupply,
-                 meters: dict[str, ScanningMeter], clock: Clock, chamber: TemperatureChamber | None = None):
+                 meters: dict[str, ScanningMeter], clock: Clock, chamber: TemperatureChamber | None = None,
+                 lost_meter_wait_s: float = 0.0):
         """`drive`: what drives the DUT (drive_for); a bare bidirectional supply is taken as its drive.
-        `chamber`: the chamber the bench file names for the channel, read every tick, never switched."""
+        `chamber`: the chamber the bench file names for the channel, read every tick, never switched.
+        `lost_meter_wait_s`: the longest a tick may wait on meters that stopped answering
+        (BenchConfig.lost_meter_wait_s); the watchdogs allow for it."""
         self.name = name
         self.config = config
         self.drive = drive if isinstance(drive, (SupplyDrive, SourceLoadDrive)) else SupplyDrive(drive)
@@ -426,6 +433,7 @@ class Channel:
         self.dut_sensors = [t.sensor for t in config.temperatures if t.sensor != "ambient"]
         self.has_ambient = any(t.sensor == "ambient" for t in config.temperatures)
         self.lost_meters: set[str] = set()  # meters (and the chamber) that stopped answering (see measure)
+        self.lost_meter_wait_s = lost_meter_wait_s
 
     def meter_inputs(self) -> dict[str, list[MeterChannel]]:
         inputs: dict[str, list[MeterChannel]] = {name: [] for name in self.meters}
@@ -448,7 +456,7 @@ class Channel:
             self.meters[name].configure_scan(inputs)
         self.drive.arm_protection(envelope)
         if arm_watchdogs:
-            self.drive.arm_watchdog(watchdog_silence_s(self.config.tick_s))
+            self.drive.arm_watchdog(watchdog_silence_s(self.config.tick_s, self.lost_meter_wait_s))
 
     @property
     def watchdogs(self) -> Mapping[str, float | None]:

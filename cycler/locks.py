@@ -50,9 +50,14 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "stackcycler-locks")
 
 
+def canonical_resource(resource: str) -> str:
+    """One spelling per instrument: a resource written differently ('::INSTR', case) is the same one."""
+    return re.sub(r"::INSTR$", "", resource.strip().upper())
+
+
 def lock_path(resource: str, folder: Path) -> Path:
-    """One file per resource; the same instrument written differently ('::INSTR', case) is one file."""
-    canonical = re.sub(r"::INSTR$", "", resource.strip().upper())
+    """One file per instrument (canonical_resource)."""
+    canonical = canonical_resource(resource)
     readable = re.sub(r"[^A-Z0-9]+", "_", canonical).strip("_")[:60]
     return folder / f"{readable}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}.lock"
 

@@ -271,12 +271,12 @@ class Plan:
         """Internal-short thresholds in force (the defaults where none is set), by limit name."""
         return ShortDetector(self.envelope, self.layer_inputs, self.dut.nominal_capacity_Ah).thresholds()
 
-    @property
+    # The runner asks for these every tick; a plan does not change once made.
+    @cached_property
     def steps(self) -> tuple[PlannedStep, ...]:
         """Each step of the protocol once, in file order."""
         return tuple(i.step for i in self.program if isinstance(i, RunStep))
 
-    # The runner asks for these every tick; a plan does not change once made.
     @cached_property
     def expected_duration_s(self) -> float:
         return sum(i.step.expected_s * self.multiplicity.get(k, 1) for k, i in enumerate(self.program)

@@ -37,7 +37,7 @@ from .dataset import load as load_data
 from .bench import BenchConfig, BenchFile, ChannelConfig, load_bench
 from .channel import Channel, chamber_for, drive_for, unsupported_steps
 from .clock import Clock, VirtualClock, WallClock
-from .operation import run_state, this_host
+from .operation import RunState, run_state, this_host
 from .control import control_for
 from .errors import InvalidInput, StackcyclerError, StorageFailure, UnreadableInput
 from .locks import InstrumentLocks
@@ -318,7 +318,7 @@ def _channel(prepared: PreparedRun, opened: OpenBench) -> Channel:
     config = prepared.channel
     return Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
                    {name: opened.drivers[name] for name in config.meter_names()}, opened.clock,
-                   chamber_for(config, opened.drivers))
+                   chamber_for(config, opened.drivers), prepared.bench.config.lost_meter_wait_s())
 
 
 def _instrument_names(prepared: PreparedRun) -> set[str]:
@@ -471,7 +471,8 @@ def _channels_sharing_meters(runs: list[PreparedRun], opened: OpenBench) -> tupl
         config = prepared.channel
         channels.append(Channel(prepared.channel_name, config, drive_for(config, opened.drivers),
                                 {name: shared[name].view(prepared.channel_name) for name in config.meter_names()},
-                                opened.clock, chamber_for(config, opened.drivers)))
+                                opened.clock, chamber_for(config, opened.drivers),
+                                prepared.bench.config.lost_meter_wait_s()))
     return channels, list(shared.values())
 
 
@@ -608,7 +609,7 @@ def _resumable(folder: Path) -> _Resumable:
         raise InvalidInput(f"{folder}: the run ended {meta.get('state')} ({meta.get('reason', '')}); only a run that "
                            f"crashed or stopped ({', '.join(RESUMABLE)}) is resumed. Start a new run instead.")
     live = run_state(folder)
-    if live.state in LIVE_STATES:  # two processes writing one folder would interleave its rows
+    if not _stopped_or_gone(live):  # two processes writing one folder would interleave its rows
         where = "this host" if meta.get("host") == this_host() else f"host {meta.get('host')}"
         raise InvalidInput(f"{folder}: the run is still going ({live.state}, process {meta.get('pid')} on {where}); "
                            f"a live run is not resumed. Stop it first (`cycler stop {folder}`), or wait until its "
@@ -805,14 +806,18 @@ def _sibling_notes(run: _Resumable, named: set[str]) -> list[str]:
     return notes
 
 
+def _stopped_or_gone(live: RunState) -> bool:
+    """A run that ended short of its protocol, or whose process is gone: nobody writes its folder."""
+    return live.meta.get("state") in RESUMABLE and live.state not in LIVE_STATES
+
+
 def _crashed_or_stopped(folder: Path) -> bool:
-    """Whether `cycler resume` would take this folder: a run that stopped or whose process is gone."""
+    """Whether `cycler resume` would take this folder (as _resumable decides)."""
     try:
-        state = run_state(folder).state
+        live = run_state(folder)
     except StackcyclerError:
         return False
-    resumable = state == "crashed" or (state in RESUMABLE and state != "running")
-    return resumable and (folder / CHECKPOINT_FILE).is_file()
+    return _stopped_or_gone(live) and (folder / CHECKPOINT_FILE).is_file()
 
 
 def _simulation_state(runs: list[_Resumable], config: BenchConfig) -> dict | None:

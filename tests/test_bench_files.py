@@ -62,3 +62,21 @@ def test_a_tick_too_long_for_safety_checks_is_refused(tmp_path):
     path.write_text('extends = "sim"\n\n[channels.stack1]\ntick_s = 1e9\n')
     with pytest.raises(InvalidInput, match=r"slow\.toml, line 4: 'channels\.stack1\.tick_s': .*less than or equal to 60"):
         load_bench(str(path))
+
+
+def test_one_instrument_listed_twice_is_refused_before_anything_is_locked_or_opened(tmp_path):
+    # Two channels on the two outputs of one supply would share its error queue, protection and
+    # watchdog, and the second would find the first's lock: refused with both names.
+    path = tmp_path / "twice.toml"
+    path.write_text('name = "twice"\n\n[instruments]\n'
+                    'left = { driver = "keysight-n6705c", resource = "USB0::0x2A8D::0x0F02::MY1::INSTR", output = 1 }\n'
+                    'right = { driver = "keysight-n6705c", resource = "usb0::0x2a8d::0x0f02::my1", output = 2 }\n\n'
+                    '[channels.a]\nsupply = "left"\n[channels.a.dut]\nid = "a"\nlayers = 1\nnominal_capacity_Ah = 0.2\n'
+                    'charge_voltage_V = 4.2\ndischarge_voltage_V = 3.0\n\n'
+                    '[channels.b]\nsupply = "right"\n[channels.b.dut]\nid = "b"\nlayers = 1\nnominal_capacity_Ah = 0.2\n'
+                    'charge_voltage_V = 4.2\ndischarge_voltage_V = 3.0\n')
+    with pytest.raises(InvalidInput) as error:
+        load_bench(str(path))
+    message = str(error.value)
+    assert "twice.toml" in message and "instruments.right.resource" in message
+    assert "already instrument 'left'" in message and "listed once" in message

@@ -1027,6 +1027,36 @@ def test_the_watchdog_silence_is_five_ticks_and_never_under_30_s(tick_s, silence
     assert watchdog_silence_s(tick_s) == silence_s
 
 
+@pytest.mark.parametrize("tick_s, lost_meter_wait_s, silence_s", [(1.0, 4.0, 30.0), (1.0, 80.0, 162.0),
+                                                                  (60.0, 8.0, 300.0), (60.0, 480.0, 1080.0)])
+def test_the_watchdog_silence_outlasts_twice_a_tick_held_up_by_lost_meters(tick_s, lost_meter_wait_s, silence_s):
+    # A live runner whose meter stopped answering waits 2 x its timeout on it every tick: the
+    # output's watchdog must not take that for a dead host.
+    assert watchdog_silence_s(tick_s, lost_meter_wait_s) == silence_s
+
+
+def test_a_run_arms_the_watchdog_long_enough_for_its_slowest_meters(tmp_path, run_text):
+    bench = tmp_path / "slow-chamber.toml"
+    bench.write_text('extends = "sim-n6781a"\nname = "slow-chamber"\n\n[instruments]\n'
+                     'chamber = { driver = "espec-chamber", resource = "sim://chamber", baud_rate = 9600, timeout_s = 40 }'
+                     '\n\n[channels.cell1]\nchamber = "chamber"\n\n[simulation.instruments.chamber]\n'
+                     'kind = "espec-chamber"\n')
+    assert load_bench(str(bench)).config.lost_meter_wait_s() == 80.0  # the chamber, 2 x 40 s
+    result = run_text("name: rest\nsteps:\n  - {step: rest, duration_s: 3}\n", bench=str(bench))
+    assert result.outcome.state == "completed", result.outcome.reason
+    armed = next(e for e in events_of(result.outcome.folder) if e["event"] == "instrument_watchdogs")
+    assert armed["armed_s"] == {"supply": 162.0}  # 2 x (1 s tick + 80 s)
+    assert result.simulation.instruments["analyzer"].watchdog_delay_s == 162.0
+
+
+def test_a_meter_timeout_beyond_two_minutes_is_refused(tmp_path):
+    bench = tmp_path / "patient.toml"
+    bench.write_text('extends = "sim"\n\n[instruments]\ndaq = { driver = "keysight-daq970a", '
+                     'resource = "sim://daq", timeout_s = 600 }\n')
+    with pytest.raises(InvalidInput, match=r"patient\.toml, line 4: 'instruments\.daq\.timeout_s': .*less than or equal to 120"):
+        load_bench(str(bench))
+
+
 @pytest.mark.parametrize("tick_s, delay", [(1.0, "30"), (10.0, "50")])
 def test_configure_arms_the_watchdog_after_the_protection_with_the_outputs_off(tick_s, delay):
     config = load_bench("sim-n6781a").config.channels["cell1"].model_copy(update={"tick_s": tick_s})

@@ -299,6 +299,22 @@ def test_the_hint_is_not_given_for_a_sibling_that_cannot_be_resumed(tmp_path):
     assert previews[0].notes == []
 
 
+def test_the_hint_names_a_sibling_whose_host_went_quiet_as_resume_would_take_it(tmp_path):
+    # run.json still says running, on another machine, and its heartbeat is long stale: `cycler
+    # resume` takes such a run (it cannot see the process), so the hint must name it too.
+    folders = run_together_until(tmp_path, 300)
+    meta_path, status_path = folders["stack2"] / "run.json", folders["stack2"] / "status.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "state": "running", "host": "another-bench-pc", "pid": 1}))
+    status = json.loads(status_path.read_text())
+    status_path.write_text(json.dumps({**status, "heartbeat_unix_s": time.time() - 3600}))
+    assert session.run_state(folders["stack2"]).state == "no heartbeat"
+    previews = []
+    resume(folders["stack1"], SilentReporter(), lambda preview: previews.append(preview) or False)
+    (note,) = previews[0].notes
+    assert "channel stack2" in note and folders["stack2"].name in note
+
+
 def test_a_hinted_run_still_resumes_alone(tmp_path):
     folders = run_together_until(tmp_path, 300)
     result = resume(folders["stack1"], SilentReporter(), lambda preview: True)

@@ -11,10 +11,15 @@ noisy). The issue's targets are printed beside the figures they apply to, judged
    - the runner: a full capacity check (measure, integrate, safety, ends, control, record,
      checkpoint, events) with no display.
    The ratio is the runner's cost per tick over the bare measurement's.
+   And the floor of any tick through the instruments' own text protocol: the two replies a tick
+   needs on this bench (the DAQ970A's 26-reading READ?, the EA PSB's MEAS:ARR?) formatted as the
+   simulators format them and parsed back with str.split and float, nothing else: no physics,
+   no driver, no runner.
 2. life test against PyBaMM: wall time per cycle of a 1C CC-CV life test recorded every second
    (life-test-1c.yaml) on the default simulated bench, and of PyBaMM's SPM solving the same
    experiment (Chen2020 parameters, output every second), interleaved; the ratio is ours over
-   PyBaMM's. Skipped, and said so, when PyBaMM is not importable.
+   PyBaMM's. Skipped, and said so, when PyBaMM is not importable. The note sets PyBaMM's time
+   per output point against the protocol floor of 1 and the cost of writing a row (6).
 3. memory: peak RSS growth over a long run recorded every tick (the life test at full speed),
    from after a warm-up to the last sample, measured in a fresh process so that nothing run
    before it sets the peak. The peak after the end-of-run summary (which reads samples.csv back)
@@ -304,14 +309,47 @@ def runner_ticks_per_s(overrides: dict[str, float]) -> tuple[float, int]:
         return ticks / elapsed, ticks
 
 
+def protocol_replies() -> tuple[str, tuple[float, ...], tuple[float, float, float], Callable[[float, float, float], str]]:
+    """The default bench's DAQ970A READ? format (the simulator's template) and readings, and its EA
+    PSB's MEAS:ARR? values and formatter, as the simulators have them after one real tick."""
+    bench = load_bench("sim")
+    config = bench.config.channels["stack1"]
+    opened = open_bench(bench, {config.supply, *config.meter_names()}, speed=None)
+    try:
+        configured_channel(opened, config, "stack1").measure()
+        daq, supply = (opened.drivers[name].transport.device for name in (config.layer_voltages.meter, config.supply))
+        template = daq._plan_scan().template
+        readings = tuple(float(text) for text in daq.handle("READ?").split(",")[0::2])
+        volts, amps = supply._measured()
+        return template, readings, (volts, amps, volts * amps), \
+            lambda v, a, w: f"{supply._volts(v)}, {supply._amps(a)}, {supply._watts(w)}"
+    finally:
+        opened.close()
+
+
+def protocol_floor_us(calls: int) -> float:
+    """us per tick of formatting and parsing the two replies a tick needs, and nothing else."""
+    template, readings, (volts, amps, watts), meas_array = protocol_replies()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fields = (template % readings).split(",")
+        scanned = [float(text) for text in fields[0::2]]
+        measured = [float(text.strip()[:-1]) for text in meas_array(volts, amps, watts).split(",")]
+    elapsed = time.perf_counter() - start
+    assert len(scanned) == len(readings) and len(measured) == 3
+    return elapsed / calls * 1e6
+
+
 def ticks_per_s(sizes: Sizes) -> dict:
-    bare, runner, ticks = [], [], 0
+    bare, runner, floor, ticks = [], [], [], 0
     for _ in range(sizes.repeats):  # interleaved, so drift on a shared machine hits both alike
         rate, ticks = runner_ticks_per_s(sizes.capacity_overrides)
         runner.append(rate)
         bare.append(bare_measure_ticks_per_s(ticks))
+        floor.append(protocol_floor_us(ticks))
     return {"bare_measure": summarise(bare), "runner": summarise(runner),
-            "runner_cost_over_bare_measure": summarise([b / r for b, r in zip(bare, runner)]), "ticks_per_run": ticks}
+            "runner_cost_over_bare_measure": summarise([b / r for b, r in zip(bare, runner)]), "ticks_per_run": ticks,
+            "protocol_floor_us": summarise(floor)}
 
 
 # --- 2. the life test, ours and PyBaMM's ------------------------------------------------------------
@@ -329,8 +367,9 @@ def our_life_test_s_per_cycle(cycles: int) -> tuple[float, float]:
         return elapsed / cycles, run_ticks(result, prepared) / elapsed
 
 
-def pybamm_life_test_s_per_cycle(pybamm, cycles: int) -> float:
-    """Wall seconds per cycle of PyBaMM's SPM on the same experiment, model set-up included."""
+def pybamm_life_test_s_per_cycle(pybamm, cycles: int) -> tuple[float, float]:
+    """(wall seconds per cycle, output points per cycle) of PyBaMM's SPM on the same experiment,
+    model set-up included."""
     start = time.perf_counter()
     experiment = pybamm.Experiment([PYBAMM_CYCLE] * cycles, period="1 second")
     simulation = pybamm.Simulation(pybamm.lithium_ion.SPM(), experiment=experiment,
@@ -338,7 +377,7 @@ def pybamm_life_test_s_per_cycle(pybamm, cycles: int) -> float:
     solution = simulation.solve(initial_soc=0.0)  # from empty, as our simulated stack starts
     elapsed = time.perf_counter() - start
     assert len(solution.cycles) == cycles, f"PyBaMM stopped after {len(solution.cycles)} of {cycles} cycles"
-    return elapsed / cycles
+    return elapsed / cycles, len(solution.t) / cycles
 
 
 def import_pybamm():
@@ -351,17 +390,19 @@ def import_pybamm():
 
 def life_test(sizes: Sizes) -> dict:
     pybamm, note = import_pybamm()
-    ours, ours_rate, theirs = [], [], []
+    ours, ours_rate, theirs, their_us_per_point = [], [], [], []
     for _ in range(sizes.life_repeats):  # interleaved, as above
         s_per_cycle, rate = our_life_test_s_per_cycle(sizes.life_cycles)
         ours.append(s_per_cycle)
         ours_rate.append(rate)
         if pybamm is not None:
-            theirs.append(pybamm_life_test_s_per_cycle(pybamm, sizes.life_cycles))
+            s_per_cycle, points_per_cycle = pybamm_life_test_s_per_cycle(pybamm, sizes.life_cycles)
+            theirs.append(s_per_cycle)
+            their_us_per_point.append(s_per_cycle / points_per_cycle * 1e6)
     results = {"cycles": sizes.life_cycles, "ours_s_per_cycle": summarise(ours),
                "ours_ticks_per_s": summarise(ours_rate), "pybamm": note}
     if theirs:
-        results |= {"pybamm_s_per_cycle": summarise(theirs),
+        results |= {"pybamm_s_per_cycle": summarise(theirs), "pybamm_us_per_output_point": summarise(their_us_per_point),
                     "ours_over_pybamm": summarise([a / b for a, b in zip(ours, theirs)])}
     return results
 
@@ -808,10 +849,12 @@ def table_rows(results: dict, sizes: Sizes) -> list[tuple[str, dict, tuple | Non
     rows = [("ticks/s, bare measure() (baseline)", ticks["bare_measure"], None),
             ("ticks/s, full runner (capacity check)", ticks["runner"], target(">=", 20_000)),
             ("cost per tick, runner / bare measure", ticks["runner_cost_over_bare_measure"], None),
+            ("protocol floor per tick (format+parse) / us", ticks["protocol_floor_us"], None),
             (f"life test {life['cycles']} cycles: s/cycle, ours", life["ours_s_per_cycle"], None),
             ("life test: ticks/s, ours", life["ours_ticks_per_s"], None)]
     if "ours_over_pybamm" in life:
         rows += [("life test: s/cycle, PyBaMM SPM", life["pybamm_s_per_cycle"], None),
+                 ("life test: PyBaMM us per output point", life["pybamm_us_per_output_point"], None),
                  ("life test: ours / PyBaMM", life["ours_over_pybamm"], target("<", 1))]
     breach, loopback, writing = results["breach_to_off"], results["loopback"], results["sample_writing"]
     pty, tcp_breach, big = results["bk8500_pty"], results["breach_to_off_tcp"], results["summary"]
@@ -874,6 +917,12 @@ def print_notes(results: dict, sizes: Sizes) -> None:
         print(f"life test: {ticks_per_cycle:,.0f} ticks per cycle; to match PyBaMM a whole tick may cost "
               f"{budget_us:.1f} us, ours costs {1e6 / life['ours_ticks_per_s']['median']:.1f} us, of which the "
               f"instrument I/O alone (bare measure) {1e6 / ticks['bare_measure']['median']:.1f} us")
+        # The least any tick through the instruments' protocol costs: its replies as text, and its row.
+        floor_us = ticks["protocol_floor_us"]["median"] + 1e6 / writing["run_store_rows_per_s"]["median"]
+        print(f"life test: PyBaMM spends {life['pybamm_us_per_output_point']['median']:.1f} us per output point; "
+              f"formatting and parsing a tick's two replies ({ticks['protocol_floor_us']['median']:.1f} us) and "
+              f"writing its row ({1e6 / writing['run_store_rows_per_s']['median']:.1f} us) take {floor_us:.1f} us "
+              "before any physics, safety check or integration")
     print(f"memory: RSS {memory['resident_at_warm_up_MB']:.1f} MB after {memory['warm_up_samples']:,} samples, "
           f"peak {memory['peak_after_warm_up_MB']:.1f} MB after that, {memory['resident_at_last_sample_MB']:.1f} MB "
           f"at the last sample; target growth < 50 MB over 1,000,000 samples")
