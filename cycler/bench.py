@@ -24,7 +24,7 @@ from stackcycler.drivers.registry import (CHAMBER_DRIVERS, DRIVERS, LOAD_DRIVERS
                                           SUPPLY_DRIVERS)
 from stackcycler.drivers.scpi import parse_channel_list
 from stackcycler.drivers.sensors import PressureFixture
-from stackcycler.drivers.sim.simulation import SimulationConfig
+from stackcycler.drivers.sim.simulation import SimulationConfig, wired_outputs
 from stackcycler.drivers.transport import DEFAULT_TIMEOUT_S, SIM_SCHEME
 
 from .errors import InvalidInput
@@ -201,6 +201,11 @@ class ChannelConfig(_Strict):
         return {*self.drive_instruments().values(), *self.meter_names(), *([self.chamber] if self.chamber else [])}
 
 
+def _mainframe_drivers() -> list[str]:
+    """Drivers whose instrument may serve several channels, one slot each (a driver's MAINFRAME)."""
+    return sorted(name for name, driver in DRIVERS.items() if getattr(driver, "MAINFRAME", None) is not None)
+
+
 class BenchConfig(_Strict):
     name: str
     description: str = ""
@@ -222,16 +227,12 @@ class BenchConfig(_Strict):
                 if instrument.driver not in accepted:
                     raise ValueError(f"channel '{channel_name}': instrument '{name}' ({instrument.driver}) cannot "
                                      f"act as a {role}; {role} drivers: {', '.join(accepted)}")
-        # One physical instrument is opened once: two entries for it (a channel on each output of a
-        # multi-output supply, say) would share its error queue, protection and watchdog unknowingly,
-        # and the second would find the first's lock.
-        named: dict[str, str] = {}
+        on_one_resource: dict[str, list[str]] = {}
         for name, instrument in self.instruments.items():
-            first = named.setdefault(canonical_resource(instrument.resource), name)
-            if first != name:
-                raise ValueError(f"instruments.{name}.resource: {instrument.resource} is already instrument '{first}'; "
-                                 "each instrument is listed once (channels on several outputs of one instrument "
-                                 "are not supported yet)")
+            on_one_resource.setdefault(canonical_resource(instrument.resource), []).append(name)
+        for names in on_one_resource.values():
+            if len(names) > 1:
+                self._check_outputs_of_one_instrument(names)
         simulated = self.simulation.instruments if self.simulation else {}
         for name, instrument in self.instruments.items():
             if instrument.resource.startswith(SIM_SCHEME):
@@ -239,11 +240,37 @@ class BenchConfig(_Strict):
                 if target not in simulated:
                     raise ValueError(f"instrument '{name}': {instrument.resource} names no simulated instrument; "
                                      f"simulated: {', '.join(sorted(simulated)) or 'none (no simulation block)'}")
-                wired = getattr(simulated[target], "output", None)  # a multi-output supply's wired output
-                if wired is not None and instrument.output is not None and instrument.output != wired:
+                wired = wired_outputs(simulated[target])  # the outputs of a multi-output supply wired to stacks
+                if wired and instrument.output is not None and instrument.output not in wired:
+                    outputs, fields = ((f"output {next(iter(wired))}", "output") if len(wired) == 1 else
+                                       (f"outputs {', '.join(map(str, sorted(wired)))}", "output and .more_modules"))
                     raise ValueError(f"instruments.{name}.output: {instrument.output}, but the simulated supply has "
-                                     f"output {wired} wired to the stack (simulation.instruments.{target}.output)")
+                                     f"{outputs} wired to the stack (simulation.instruments.{target}.{fields})")
         return self
+
+    def _check_outputs_of_one_instrument(self, names: list[str]) -> None:
+        """Entries naming one instrument are allowed only as different outputs of a mainframe
+        whose driver shares it between them (its connection, error queue and watchdog)."""
+        first, *others = names
+        listed = self.instruments[first]
+        shares = getattr(DRIVERS[listed.driver], "MAINFRAME", None) is not None
+        outputs = [listed.output]
+        for name in others:
+            instrument = self.instruments[name]
+            where = f"instruments.{name}"
+            if not shares or instrument.driver != listed.driver:
+                raise ValueError(f"{where}.resource: {instrument.resource} is already instrument '{first}'; each "
+                                 "instrument is listed once (only the slots of a mainframe whose driver shares it, "
+                                 f"such as {', '.join(_mainframe_drivers())}, may be listed once each)")
+            if instrument.output in outputs:
+                raise ValueError(f"{where}.output: {instrument.output} is already used on {instrument.resource} "
+                                 f"(instrument '{names[outputs.index(instrument.output)]}'); each entry of one "
+                                 "mainframe names its own slot")
+            if instrument.timeout_s != listed.timeout_s:
+                raise ValueError(f"{where}.timeout_s: {instrument.timeout_s:g} s, but '{first}' on the same "
+                                 f"{instrument.resource} has {listed.timeout_s:g} s; the slots of one mainframe share "
+                                 "one connection and its timeout")
+            outputs.append(instrument.output)
 
     @property
     def simulated(self) -> bool:

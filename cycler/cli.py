@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from stackcycler import __version__
+from stackcycler.drivers.transport import SIM_SCHEME
 from stackcycler.protocols import builtin_protocols, load_protocol
 
 from .bench import builtin_benches, load_bench
@@ -666,7 +667,8 @@ def served_bench_text(bench, resources: dict[str, str]) -> str:
     data = {key: value for key, value in bench.resolved.items() if key not in ("simulation", "extends")}
     data["name"] = f"{bench.config.name}-served"
     data["description"] = f"{bench.config.name}'s simulated instruments, served over TCP by `cycler sim serve`"
-    data["instruments"] = {name: {**spec, "resource": resources[name]} for name, spec in data["instruments"].items()}
+    served = {name: resources[spec["resource"].removeprefix(SIM_SCHEME)] for name, spec in data["instruments"].items()}
+    data["instruments"] = {name: {**spec, "resource": served[name]} for name, spec in data["instruments"].items()}
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -68,10 +68,14 @@ class InstrumentLocks:
     def __init__(self, holder: str, folder: Path | None = None):
         self.holder = holder
         self.folder = folder or lock_dir()
-        self._held: dict[str, int] = {}  # resource -> open descriptor
+        self._held: dict[str, int] = {}  # canonical resource -> open descriptor
         self.stale: list[str] = []  # locks found left by a process that is gone (already released by the OS)
 
     def acquire(self, name: str, resource: str) -> None:
+        """Lock `resource` for instrument `name`; a resource this program holds already (another
+        slot of the same mainframe) is held once."""
+        if canonical_resource(resource) in self._held:
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             os.chmod(self.folder, 0o1777)  # every user of the bench PC locks in the same place
@@ -89,7 +93,7 @@ class InstrumentLocks:
         previous = read_holder(descriptor)
         if previous.get("pid") and previous.get("host") == this_host() and not process_alive(previous["pid"]):
             self.stale.append(f"{resource}: left by {previous.get('holder', '?')} (pid {previous['pid']}, gone)")
-        self._held[resource] = descriptor
+        self._held[canonical_resource(resource)] = descriptor
         self._write_holder(descriptor)
 
     def rename(self, holder: str) -> None:

@@ -18,6 +18,7 @@ import platform
 import signal
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,8 +28,8 @@ from typing import Callable, Iterator
 
 from stackcycler import __version__
 from stackcycler.drivers.registry import DRIVERS
-from stackcycler.drivers.sim.simulation import Simulation, build_simulation, snapshot_stacks
-from stackcycler.drivers.transport import (DEFAULT_BAUD_RATE, SIM_SCHEME, open_byte_transport,
+from stackcycler.drivers.sim.simulation import Simulation, build_simulation, driven_stack, snapshot_stacks
+from stackcycler.drivers.transport import (DEFAULT_BAUD_RATE, SIM_SCHEME, SharedConnection, open_byte_transport,
                                          open_transport)
 from stackcycler.protocols import ProtocolFile, load_protocol
 
@@ -40,7 +41,7 @@ from .clock import Clock, VirtualClock, WallClock
 from .operation import RunState, run_state, this_host
 from .control import control_for
 from .errors import InvalidInput, StackcyclerError, StorageFailure, UnreadableInput
-from .locks import InstrumentLocks
+from .locks import InstrumentLocks, canonical_resource
 from .notify import event_from_run, load_config, notify, run_events_logger
 from .plan import Plan, PlannedStep, bind
 from .runner import ProgressReporter, RunOutcome, Runner, StopRequest, sample_columns
@@ -148,16 +149,28 @@ def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None
         simulation.restore(simulation_state)
     opened = OpenBench(clock, simulation, {}, {}, locks)
     simulated = simulation.instruments if simulation else None
+    # The slots of one mainframe, each a channel's instrument (bench validation allows no other
+    # sharing), go over one connection and share their driver's Mainframe.
+    users = Counter(canonical_resource(config.instruments[name].resource) for name in instrument_names)
+    shared: dict[str, tuple[SharedConnection, object]] = {}
     try:
         for name in sorted(instrument_names):
             instrument = config.instruments[name]
             driver_class = DRIVERS[instrument.driver]
-            if driver_class.BYTE_PROTOCOL:  # binary frames, not SCPI lines
+            settings = instrument.driver_settings()
+            resource = canonical_resource(instrument.resource)
+            if users[resource] > 1:
+                if resource not in shared:
+                    shared[resource] = (SharedConnection(open_transport(instrument.resource, simulated,
+                                                                        instrument.timeout_s), users[resource]),
+                                        driver_class.MAINFRAME())
+                transport, settings["mainframe"] = shared[resource]
+            elif driver_class.BYTE_PROTOCOL:  # binary frames, not SCPI lines
                 transport = open_byte_transport(instrument.resource, simulated, instrument.timeout_s,
                                                 instrument.baud_rate or DEFAULT_BAUD_RATE)
             else:
                 transport = open_transport(instrument.resource, simulated, instrument.timeout_s)
-            driver = driver_class(transport, **instrument.driver_settings())
+            driver = driver_class(transport, **settings)
             opened.drivers[name] = driver
             opened.identities[name] = driver.connect()
     except BaseException:
@@ -169,6 +182,8 @@ def open_bench(bench: BenchFile, instrument_names: set[str], speed: float | None
                 except Exception:
                     pass
         opened.close()
+        for connection, _ in shared.values():
+            connection.close_now()  # whichever of its drivers were never made
         raise
     return opened
 
@@ -839,16 +854,15 @@ def _simulation_state(runs: list[_Resumable], config: BenchConfig) -> dict | Non
     latest = max((snapshot for _, snapshot in snapshots), key=lambda snapshot: snapshot["time_s"])
     simulated = config.simulation.instruments if config.simulation else {}
     drivers_of: dict[str, list[dict]] = {}  # simulated instrument -> snapshots of the channels that drive it
+    stack_drivers: dict[str, list[dict]] = {}  # simulated stack -> the same, through the output wired to it
     for run, snapshot in snapshots:
         channel = run.prepared.channel
         for name in channel.instrument_names() - channel.meter_names():
-            resource = config.instruments[name].resource
-            if resource.startswith(SIM_SCHEME):
-                drivers_of.setdefault(resource[len(SIM_SCHEME):], []).append(snapshot)
-    stack_drivers: dict[str, list[dict]] = {}
-    for name, owners in drivers_of.items():
-        if name in simulated:
-            stack_drivers.setdefault(simulated[name].stack, []).extend(owners)
+            instrument = config.instruments[name]
+            target = instrument.resource[len(SIM_SCHEME):]
+            if instrument.resource.startswith(SIM_SCHEME) and target in simulated:
+                drivers_of.setdefault(target, []).append(snapshot)
+                stack_drivers.setdefault(driven_stack(simulated[target], instrument.output), []).append(snapshot)
 
     def one_owner(owners: list[dict] | None) -> dict | None:
         return owners[0] if owners and all(owner is owners[0] for owner in owners) else None

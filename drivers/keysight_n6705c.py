@@ -80,6 +80,13 @@ both naming the N6700 family; "IVI" = NI's N6900/N7900 IVI driver (agn6k7kni.c),
   so. A mainframe that answers the watchdog commands with -113 (undefined header) is taken as one
   without a watchdog: arm_watchdog() then returns None, and runs go on without one (logged).
 
+Several channels on one mainframe (a module per slot, each a channel's supply): the bench lists
+an instrument per slot, on one resource; they share one connection and one `Mainframe`. What
+belongs to the mainframe is done once: the first connect clears the error queue and switches the
+watchdog off; later connects recognise a dead host's trip on their own slot from what the first
+found. The watchdog stays armed while any slot's channel still wants it, at the longest delay
+any of them asked for, and is switched off when the last of them disarms.
+
 Connect switches the watchdog off (a previous host's must not trip before this run arms it).
 A latched PROT with no other fault, found while the watchdog is on, is taken as the watchdog's
 trip (a host that died): connect reports it (`watchdog_trip_found`, beside `output_found_on`) and
@@ -93,7 +100,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from stackcycler.errors import InstrumentError, InstrumentTimeout, InvalidInput
@@ -143,6 +150,16 @@ UNDEFINED_HEADER = -113  # the SCPI error of a command the mainframe does not kn
 Regulation = Literal["CV", "CL+", "CL-"]
 
 
+@dataclass
+class Mainframe:
+    """What the drivers of a mainframe's slots share (module notes: several channels on one mainframe)."""
+
+    connected: bool = False  # the mainframe-wide part of connect is done
+    watchdog_found_on: bool | None = None  # the watchdog's state before the first connect switched it off
+    has_watchdog: bool | None = None  # False if the mainframe does not know it (answers -113)
+    armed_s: dict[int, int] = field(default_factory=dict)  # slot -> the watchdog delay (s) its channel armed
+
+
 def _zero_one(on: bool) -> str:
     return "1" if on else "0"
 
@@ -190,8 +207,11 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
 
     LIMITS = ("source_limit_A", "sink_limit_A")
 
-    def __init__(self, transport, output: int):
+    MAINFRAME: ClassVar[type] = Mainframe  # shared by the drivers of one mainframe's slots (session.open_bench)
+
+    def __init__(self, transport, output: int, mainframe: Mainframe | None = None):
         super().__init__(transport)
+        self.mainframe = mainframe or Mainframe()
         if output not in SLOTS:
             raise InvalidInput(f"{self.FRIENDLY_NAME} at {transport.resource}: channel {output!r} is not one of "
                                f"{', '.join(map(str, SLOTS))} (the mainframe's slots)")
@@ -202,7 +222,6 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         self._sent: dict[str, float] = {}  # last values sent, so unchanged ones are not resent
         self._over_voltage_level_V: float | None = None
         self._over_current_ceiling_A: float | None = None
-        self._has_watchdog: bool | None = None  # known at connect: False if the mainframe does not know it
         self._watchdog_armed = False  # armed by this driver and not disarmed since
 
     @property
@@ -236,16 +255,20 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         if module.upper() != MODULE:
             raise InstrumentError(f"{self.where()}: the slot holds {module!r}, not an {MODULE}; the bench file's "
                                   "`output` names the mainframe channel of the N6781A")
-        self.write("*CLS")  # errors left by an earlier session are not this run's
+        mainframe = self.mainframe
+        if not mainframe.connected:
+            self.write("*CLS")  # errors left by an earlier session are not this run's
         self.output_found_on = self.output  # after a host crash it may still be on: worth knowing
         self.output = False
         self.watchdog_trip_found = False
         condition = self.questionable()
-        if self._watchdog_tripped(condition) and self._clear_watchdog_trip():
+        if self._watchdog_tripped(condition, at_connect=True) and self._clear_watchdog_trip():
             condition = self.questionable()
         self._raise_on_faults(condition)
-        # A watchdog a previous host left armed must not trip before this run arms its own.
-        self._has_watchdog = self._send_watchdog_command("OUTP:PROT:WDOG OFF")
+        if not mainframe.connected:
+            # A watchdog a previous host left armed must not trip before this run arms its own.
+            mainframe.has_watchdog = self._send_watchdog_command("OUTP:PROT:WDOG OFF")
+            mainframe.connected = True
         self._watchdog_armed = False
         with self.batch():
             self.emulation = "PS2Q"  # two quadrants: +V, current both ways
@@ -285,20 +308,29 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
         if delay > high:
             self._refuse(f"a watchdog delay of {silence_s:g} s is outside the mainframe's {low} to {high} s "
                          "(OUTP:PROT:WDOG:DEL, whole seconds)")
-        if not self._has_watchdog:
+        if not self.mainframe.has_watchdog:
             return None
         # A trip while the outputs were off since connect (a host waiting, silent, for an operator)
         # would stop the run at its first check: it is reported and cleared as at connect.
         if self._watchdog_tripped(self.questionable()):
             self._clear_watchdog_trip()
-        self.set_many({"watchdog_delay_s": delay, "watchdog": True})
+        armed = self.mainframe.armed_s
+        armed[self.channel] = delay
+        longest = max(armed.values())  # the mainframe has one delay: long enough for every slot's channel
+        self.set_many({"watchdog_delay_s": longest, "watchdog": True})
         self._watchdog_armed = True
-        return float(delay)
+        return float(longest)
 
     def disarm_watchdog(self) -> None:
         if not self._watchdog_armed:
             return  # connect switched it off, and this driver has not armed it since
+        armed = self.mainframe.armed_s
+        if armed.keys() - {self.channel}:  # another slot's channel still runs: it stays on for that one
+            del armed[self.channel]
+            self._watchdog_armed = False
+            return
         self.watchdog = False
+        armed.pop(self.channel, None)
         self._watchdog_armed = False
 
     def _send_watchdog_command(self, command: str) -> bool:
@@ -314,14 +346,22 @@ class KeysightN6705c(ScpiDriver, BidirectionalSupply):
             raise InstrumentError(f"{self.where()} reported {'; '.join(errors)} (last command sent: {command!r})")
         return True
 
-    def _watchdog_tripped(self, condition: int) -> bool:
-        """PROT and no other fault, with the watchdog on: the watchdog tripped (module notes)."""
+    def _watchdog_tripped(self, condition: int, at_connect: bool = False) -> bool:
+        """PROT and no other fault, with the watchdog on: the watchdog tripped (module notes). At
+        the connect of a further slot, "on" is as the first slot's connect found it before it
+        switched it off (a trip takes every slot into PROT)."""
         if condition & FAULT_BITS != PROTECTION:
             return False
+        mainframe = self.mainframe
+        if at_connect and mainframe.connected and mainframe.watchdog_found_on is not None:
+            return mainframe.watchdog_found_on
         try:
-            return self.watchdog
+            on = self.watchdog
         except InstrumentTimeout:  # a mainframe without a watchdog does not answer the query
             return False
+        if not mainframe.connected:
+            mainframe.watchdog_found_on = on
+        return on
 
     def _clear_watchdog_trip(self) -> bool:
         """Clear a watchdog trip, only with the output programmed off: OUTP:PROT:CLE restores the

@@ -220,6 +220,28 @@ class VisaTransport:
             pass
 
 
+class SharedConnection:
+    """One connection to an instrument whose outputs serve several channels (a mainframe's slots),
+    each through its own driver: each driver closes it when done, the last close closes it."""
+
+    def __init__(self, transport: MessageTransport, users: int):
+        self._transport = transport
+        self._users = users
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._transport.close()
+
+    def close_now(self) -> None:
+        """Closed whoever still uses it (when opening the bench failed part way)."""
+        self._users = 0
+        self._transport.close()
+
+
 def open_transport(resource: str, simulated: dict[str, SimulatedDevice] | None = None,
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> MessageTransport:
     if resource.startswith(SIM_SCHEME):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from support import QUICK
 
+from stackcycler import session
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import RunRequest, RunResult, execute, prepare
@@ -37,3 +38,31 @@ def run_text(tmp_path: Path, run_protocol):
         return run_protocol(protocol=str(path), bench=bench, overrides=kwargs.pop("overrides", {}), **kwargs)
 
     return run
+
+
+@pytest.fixture
+def simulations(monkeypatch) -> list:
+    """Every simulated bench the session builds, in order (a first run's, then a resume's)."""
+    built = []
+    real = session.build_simulation
+
+    def recording(config, clock):
+        built.append(real(config, clock))
+        return built[-1]
+
+    monkeypatch.setattr(session, "build_simulation", recording)
+    return built
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list[str]:
+    """The resource of every message transport opened (each open is one connection to an instrument)."""
+    opened = []
+    real = session.open_transport
+
+    def counting(resource, *args, **kwargs):
+        opened.append(resource)
+        return real(resource, *args, **kwargs)
+
+    monkeypatch.setattr(session, "open_transport", counting)
+    return opened

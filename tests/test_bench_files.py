@@ -64,19 +64,36 @@ def test_a_tick_too_long_for_safety_checks_is_refused(tmp_path):
         load_bench(str(path))
 
 
-def test_one_instrument_listed_twice_is_refused_before_anything_is_locked_or_opened(tmp_path):
-    # Two channels on the two outputs of one supply would share its error queue, protection and
-    # watchdog, and the second would find the first's lock: refused with both names.
+def mainframe_bench(tmp_path, right: str):
+    """Two channels, 'left' and 'right', each on an instrument entry; `right` is the second entry's spec."""
     path = tmp_path / "twice.toml"
+    dut = ('layers = 1\nnominal_capacity_Ah = 0.2\ncharge_voltage_V = 4.2\ndischarge_voltage_V = 3.0\n')
     path.write_text('name = "twice"\n\n[instruments]\n'
                     'left = { driver = "keysight-n6705c", resource = "USB0::0x2A8D::0x0F02::MY1::INSTR", output = 1 }\n'
-                    'right = { driver = "keysight-n6705c", resource = "usb0::0x2a8d::0x0f02::my1", output = 2 }\n\n'
-                    '[channels.a]\nsupply = "left"\n[channels.a.dut]\nid = "a"\nlayers = 1\nnominal_capacity_Ah = 0.2\n'
-                    'charge_voltage_V = 4.2\ndischarge_voltage_V = 3.0\n\n'
-                    '[channels.b]\nsupply = "right"\n[channels.b.dut]\nid = "b"\nlayers = 1\nnominal_capacity_Ah = 0.2\n'
-                    'charge_voltage_V = 4.2\ndischarge_voltage_V = 3.0\n')
+                    f'right = {right}\n\n'
+                    f'[channels.a]\nsupply = "left"\n[channels.a.dut]\nid = "a"\n{dut}\n'
+                    f'[channels.b]\nsupply = "right"\n[channels.b.dut]\nid = "b"\n{dut}')
+    return path
+
+
+def test_two_slots_of_one_mainframe_may_each_serve_a_channel(tmp_path):
+    path = mainframe_bench(tmp_path, '{ driver = "keysight-n6705c", resource = "usb0::0x2a8d::0x0f02::my1", output = 2 }')
+    assert load_bench(str(path)).config.instruments["right"].output == 2
+
+
+@pytest.mark.parametrize("right, refused", [
+    ('{ driver = "keysight-n6705c", resource = "usb0::0x2a8d::0x0f02::my1", output = 1 }',
+     "line 5: instruments.right.output: 1 is already used on usb0::0x2a8d::0x0f02::my1 (instrument 'left')"),
+    ('{ driver = "keysight-n6705c", resource = "USB0::0x2A8D::0x0F02::MY1", output = 2, timeout_s = 5 }',
+     "line 5: instruments.right.timeout_s: 5 s, but 'left' on the same USB0::0x2A8D::0x0F02::MY1 has 2 s"),
+    ('{ driver = "keithley-2450", resource = "USB0::0x2A8D::0x0F02::MY1::INSTR" }',
+     "line 5: instruments.right.resource: USB0::0x2A8D::0x0F02::MY1::INSTR is already instrument 'left'; each "
+     "instrument is listed once (only the slots of a mainframe whose driver shares it, such as keysight-n6705c"),
+])
+def test_one_instrument_listed_twice_other_than_as_a_mainframes_slots_is_refused(tmp_path, right, refused):
+    # Two entries for one instrument would share its connection, error queue and watchdog
+    # unknowingly, and the second would find the first's lock.
+    path = mainframe_bench(tmp_path, right)
     with pytest.raises(InvalidInput) as error:
         load_bench(str(path))
-    message = str(error.value)
-    assert "twice.toml" in message and "instruments.right.resource" in message
-    assert "already instrument 'left'" in message and "listed once" in message
+    assert f"twice.toml, {refused}" in str(error.value)

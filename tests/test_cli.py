@@ -50,7 +50,7 @@ def test_help_documents_the_exit_codes(tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (["run", "capacity-chek"], ["unknown protocol 'capacity-chek'", "built-in protocols: assb-formation, ", " capacity-check, "]),
-    (["run", "capacity-check", "--bench", "simm"], ["unknown bench 'simm'", "built-in benches: sim, sim-2ch, ", " sim-keithley2450, sim-n6781a, sim-weak-layer"]),
+    (["run", "capacity-check", "--bench", "simm"], ["unknown bench 'simm'", "built-in benches: sim, sim-2ch, ", " sim-keithley2450, sim-n6781a, sim-n6781a-4ch, sim-weak-layer"]),
     (["run", "capacity-check", "--channel", "ch9"], ["no channel 'ch9'", "channels: stack1"]),
     (["run", "capacity-check", "--set", "charge_rat_C=1"], ["no such parameter", "charge_rate_C"]),
 ])

@@ -38,8 +38,11 @@ def run_short(bench: str, tmp_path, channel: str | None = None):
 
 
 def assert_all_off(bench: str, instruments: dict) -> None:
-    """Every simulated supply output and load input is off (chambers and meters have neither)."""
-    switchable = {name: getattr(device, attribute) for name, device in instruments.items()
+    """Every simulated supply output and load input is off (chambers and meters have neither); a
+    mainframe's are its modules'."""
+    parts = {f"{name} slot {slot}": module for name, device in instruments.items()
+             for slot, module in getattr(device, "modules", {}).items()} | instruments
+    switchable = {name: getattr(device, attribute) for name, device in parts.items()
                   for attribute in ("output_on", "input_on") if hasattr(device, attribute)}
     assert switchable, f"{bench}: no simulated instrument with an output or input"
     assert not any(switchable.values()), f"{bench}: left on: {[n for n, on in switchable.items() if on]}"

@@ -30,6 +30,14 @@ def test_a_second_holder_is_refused_with_the_name_of_the_first(lock_folder):
         second.acquire("supply", "TCPIP::10.0.0.5::5025::SOCKET")  # free once released
 
 
+def test_the_slots_of_one_mainframe_are_locked_once_by_their_program(lock_folder):
+    with InstrumentLocks("run 4ch") as locks:
+        locks.acquire("analyzer", "USB0::0x2A8D::0x0F02::MY1::INSTR")
+        locks.acquire("analyzer2", "usb0::0x2a8d::0x0f02::my1")  # its own lock, not somebody else's
+        with pytest.raises(InstrumentBusy, match="instrument 'analyzer3' .* is in use by run 4ch"):
+            InstrumentLocks("run other").acquire("analyzer3", "USB0::0x2A8D::0x0F02::MY1::INSTR")
+
+
 def test_the_same_instrument_written_two_ways_is_one_lock(lock_folder):
     assert lock_path("USB0::0x2A8D::0x5101::MY1::INSTR", lock_folder) == lock_path("usb0::0x2a8d::0x5101::my1", lock_folder)
     assert lock_path("ASRL/dev/ttyUSB0::INSTR", lock_folder) != lock_path("ASRL/dev/ttyUSB1::INSTR", lock_folder)

@@ -25,11 +25,12 @@ from stackcycler import runner, session
 from stackcycler.bench import load_bench
 from stackcycler.channel import Channel, SupplyDrive, watchdog_silence_s
 from stackcycler.clock import VirtualClock
-from stackcycler.drivers.keysight_n6705c import KeysightN6705c
+from stackcycler.drivers.keysight_n6705c import KeysightN6705c, Mainframe
 from stackcycler.drivers.registry import SUPPLY_DRIVERS
 from stackcycler.drivers.roles import BidirectionalSupply
 from stackcycler.drivers.sim.daq970a import Daq970aSimConfig, SimDaq970a
 from stackcycler.drivers.sim.keysight_n6705c import KeysightN6705cSimConfig, SimKeysightN6705c
+from stackcycler.drivers.sim.simulation import SimulationConfig, build_simulation
 from stackcycler.drivers.sim.stack import StackModel, StackParameters
 from stackcycler.drivers.sim.world import SimWorld
 from stackcycler.drivers.transport import InProcessTransport
@@ -640,19 +641,19 @@ def test_sim_with_the_output_off_nothing_flows_and_the_cells_voltage_is_read():
 def test_sim_over_voltage_trip_switches_off_and_latches_until_cleared():
     sim, world, _ = simulated()
     drive(sim, world, "VOLT:PROT:REM 3.9,(@1)", "VOLT 4.27,(@1)", "CURR:LIM 0.5,(@1)")
-    assert world.stack.current_A == 0.0 and not sim.output_on
+    assert world.stack.current_A == 0.0 and not sim.modules[1].output_on
     assert sim.handle("STAT:QUES:COND? (@1)") == "1"
     assert sim.handle("OUTP ON,(@1)") is None
     assert sim.handle("SYST:ERR?") == '-221,"Settings conflict; protection tripped, clear it first"'
     send(sim, "OUTP:PROT:CLE (@1)", "VOLT:PROT:REM 4.5,(@1)", "OUTP ON,(@1)")
     world.sync()
-    assert sim.output_on and sim.handle("STAT:QUES:COND? (@1)") == "128"
+    assert sim.modules[1].output_on and sim.handle("STAT:QUES:COND? (@1)") == "128"
 
 
 def test_sim_over_current_protection_trips_when_the_output_reaches_a_current_limit():
     sim, world, _ = simulated()
     drive(sim, world, "CURR:PROT:STAT 1,(@1)", "VOLT 4.27,(@1)", "CURR:LIM 0.0667,(@1)")
-    assert world.stack.current_A == 0.0 and not sim.output_on
+    assert world.stack.current_A == 0.0 and not sim.modules[1].output_on
     assert sim.handle("STAT:QUES:COND? (@1)") == "2"
 
 
@@ -660,7 +661,7 @@ def test_sim_changing_the_priority_switches_off_and_resets_the_settings():
     sim, world, _ = simulated()
     drive(sim, world, "VOLT 4.27,(@1)", "CURR:LIM 0.0667,(@1)")
     send(sim, "FUNC CURR,(@1)")
-    assert not sim.output_on
+    assert not sim.modules[1].output_on
     assert (sim.handle("FUNC? (@1)"), sim.handle("VOLT? (@1)"), sim.handle("CURR:LIM:COUP? (@1)")) == (
         "CURR", "+0.00000000E+00", "1")
 
@@ -690,6 +691,146 @@ def test_sim_snapshot_and_restore_carry_the_settings_and_the_drive():
 def test_sim_config_refuses_a_slot_the_mainframe_does_not_have():
     with pytest.raises(ValueError, match="less than or equal to 4"):
         KeysightN6705cSimConfig(output=5)
+
+
+@pytest.mark.parametrize("more, refused", [({5: "second"}, "channels 1 to 4, not 5"),
+                                           ({1: "second"}, "channel 1 already holds the module of `output`")])
+def test_sim_config_refuses_a_further_module_outside_the_free_slots(more, refused):
+    with pytest.raises(ValueError, match=refused):
+        KeysightN6705cSimConfig(output=1, more_modules=more)
+
+
+def test_a_simulation_refuses_a_further_module_on_a_stack_it_does_not_have():
+    with pytest.raises(ValueError, match="instruments.analyzer: no simulated stack 'second'"):
+        SimulationConfig(stack=CELL, instruments={"analyzer": {"kind": "keysight-n6705c", "more_modules": {2: "second"}}})
+
+
+def test_a_simulation_wires_each_further_module_to_its_own_stack():
+    config = SimulationConfig(stack=CELL, more_stacks={"second": CELL}, instruments={
+        "analyzer": {"kind": "keysight-n6705c", "output": 3, "more_modules": {"1": "second"}}})  # TOML keys are text
+    simulation = build_simulation(config, VirtualClock())
+    modules = simulation.instruments["analyzer"].modules
+    assert sorted(modules) == [1, 3]
+    assert modules[3].world is simulation.worlds["main"] and modules[1].world is simulation.worlds["second"]
+
+
+def two_modules():
+    """A mainframe with a module in slot 1 on one cell and one in slot 2 on another, noise off."""
+    clock = VirtualClock()
+    first, second = (SimWorld(StackModel(CELL, seed=seed), clock) for seed in (1, 2))
+    config = KeysightN6705cSimConfig(voltage_noise_V=0.0, current_noise_A=0.0, more_modules={2: "second"})
+    return SimKeysightN6705c(first, "analyzer", config, {"second": second}), first, second, clock
+
+
+def test_sim_modules_in_two_slots_drive_their_own_stacks():
+    sim, first, second, clock = two_modules()
+    assert [sim.handle(f"SYST:CHAN:MOD? (@{slot})") for slot in (1, 2)] == ["N6781A", "N6781A"]
+    send(sim, "CURR:LIM:COUP 0,(@1)", "CURR:LIM 0.1,(@1)", "CURR:LIM:NEG 0,(@1)", "VOLT 4.27,(@1)", "OUTP ON,(@1)")
+    send(sim, "CURR:LIM:COUP 0,(@2)", "CURR:LIM 0,(@2)", "CURR:LIM:NEG -0.05,(@2)", "VOLT 2.9,(@2)", "OUTP ON,(@2)")
+    clock.sleep_until(60.0)
+    assert sim.handle("MEAS:CURR? (@1)") == "+1.00000000E-01" and sim.handle("MEAS:CURR? (@2)") == "-5.00000000E-02"
+    assert (sim.handle("STAT:QUES:COND? (@1)"), sim.handle("STAT:QUES:COND? (@2)")) == ("128", "256")
+    assert first.stack.charged_Ah == pytest.approx(0.1 * 60 / 3600, rel=1e-12) and first.stack.discharged_Ah == 0
+    assert second.stack.discharged_Ah == pytest.approx(0.05 * 60 / 3600, rel=1e-12) and second.stack.charged_Ah == 0
+    volts = [float(sim.handle(f"MEAS:VOLT? (@{slot})")) for slot in (1, 2)]
+    assert volts == [pytest.approx(world.stack.terminal_voltage_V(), abs=1e-8) for world in (first, second)]
+    assert volts[0] > volts[1] + 0.01  # the charged cell above the discharged one: each slot reads its own
+    send(sim, "OUTP OFF,(@2)")  # one slot's output, not the other's
+    assert (sim.modules[1].output_on, sim.modules[2].output_on) == (True, False)
+    sim.handle("SYST:CHAN:MOD? (@3)")  # an empty slot
+    assert sim.handle("SYST:ERR?") == '-222,"Data out of range; no module in that channel"'
+
+
+def test_sim_the_watchdog_trips_every_module_at_its_moment_in_its_own_world():
+    sim, first, second, clock = two_modules()
+    for slot, stack_A in ((1, "0.1"), (2, "0.05")):
+        send(sim, f"CURR:LIM:COUP 0,(@{slot})", f"CURR:LIM {stack_A},(@{slot})", f"CURR:LIM:NEG 0,(@{slot})",
+             f"VOLT 4.27,(@{slot})", f"OUTP ON,(@{slot})")
+    send(sim, *WATCHDOG)  # the mainframe's: 5 s after the last I/O, at test time 0
+    clock.sleep_until(100.0)
+    second.sync()  # the second stack's world is read first (its DAQ, say): both still trip at 5 s
+    first.sync()
+    assert second.stack.charged_Ah == pytest.approx(0.05 * 5 / 3600, rel=1e-12)
+    assert first.stack.charged_Ah == pytest.approx(0.1 * 5 / 3600, rel=1e-12)
+    assert (sim.handle("STAT:QUES:COND? (@1)"), sim.handle("STAT:QUES:COND? (@2)")) == ("2048", "2048")
+
+
+def test_sim_snapshot_restore_and_reset_cover_every_module():
+    sim, first, second, clock = two_modules()
+    send(sim, "CURR:LIM:COUP 0,(@2)", "CURR:LIM 0.07,(@2)", "VOLT 4.1,(@2)", "OUTP ON,(@2)", *WATCHDOG)
+    state = sim.snapshot()
+    assert state["more_modules"]["2"]["voltage_V"] == 4.1 and state["output_on"] is False  # slot 1 at the top
+    fresh, _, fresh_second, _ = two_modules()
+    fresh.restore(json.loads(json.dumps(state)))  # as read back from a checkpoint
+    fresh.handle("OUTP? (@2)")
+    assert fresh.snapshot() == {**state, "last_io_s": fresh.last_io_s}
+    assert fresh_second.stack.current_A == pytest.approx(0.07)
+    send(fresh, "*RST")
+    assert not any(module.output_on for module in fresh.modules.values()) and fresh.modules[2].voltage_V == 0.0
+
+
+# --- two slots, two channels: the drivers share the mainframe -------------------------------------------
+
+
+def two_slot_drivers():
+    """Drivers of slots 1 and 2 of one simulated mainframe, on one connection, sharing its Mainframe."""
+    sim, first, second, clock = two_modules()
+    link, mainframe = InProcessTransport(sim, "sim://analyzer"), Mainframe()
+    return [KeysightN6705c(link, output=slot, mainframe=mainframe) for slot in (1, 2)], sim, (first, second), clock
+
+
+def charge_at(supply: KeysightN6705c, amps: float) -> None:
+    supply.set_protection(4.5675, 0.462)
+    supply.regulate(4.27, amps, 0.0)
+    supply.set_output(True)
+
+
+def test_the_watchdog_stays_armed_until_the_last_slots_channel_disarms_it():
+    (one, two), sim, _, _ = two_slot_drivers()
+    for supply in (one, two):
+        supply.connect()
+    assert one.arm_watchdog(30.0) == 30.0
+    assert two.arm_watchdog(60.0) == 60.0  # the mainframe's one delay: the longest any channel needs
+    assert (sim.watchdog_on, sim.watchdog_delay_s) == (True, 60.0)
+    one.safe_state()  # cell 1's run ends ...
+    assert (sim.watchdog_on, sim.watchdog_delay_s) == (True, 60.0)  # ... cell 2's still has its watchdog
+    two.safe_state()
+    assert sim.watchdog_on is False
+    for supply in (one, two):
+        supply.check_errors()
+
+
+def test_after_a_dead_host_every_slots_connect_finds_and_clears_its_trip():
+    (one, two), sim, worlds, clock = two_slot_drivers()
+    for supply, amps in ((one, 0.1), (two, 0.05)):
+        supply.connect()
+        charge_at(supply, amps)
+    one.arm_watchdog(30.0)
+    two.arm_watchdog(30.0)
+    clock.sleep_until(100.0)  # the host died at 0 s: both slots tripped at 30 s
+    for world in worlds:
+        world.sync()
+    assert [module.latched for module in sim.modules.values()] == [2048, 2048]
+    (one, two), mainframe = [KeysightN6705c(InProcessTransport(sim, "sim://analyzer"), output=slot)
+                             for slot in (1, 2)], None  # a new host, on a new connection
+    mainframe = one.mainframe = two.mainframe = Mainframe()
+    for supply in (one, two):
+        supply.connect()  # the first switches the watchdog off; the second still knows the trip for one
+        assert (supply.watchdog_trip_found, supply.output_found_on) == (True, True)
+    assert [(module.latched, module.output_on) for module in sim.modules.values()] == [(0, False), (0, False)]
+    assert mainframe.watchdog_found_on is True and sim.watchdog_on is False
+
+
+def test_a_slots_connect_that_is_not_the_first_leaves_the_mainframes_error_queue_and_watchdog_alone():
+    (one, two), sim, _, _ = two_slot_drivers()
+    one.connect()
+    one.arm_watchdog(30.0)
+    sent = []
+    real = sim.handle
+    sim.handle = lambda message: sent.append(message) or real(message)
+    two.connect()
+    assert "*CLS" not in sent and not any(message.startswith("OUTP:PROT:WDOG") for message in sent)
+    assert sim.watchdog_on is True  # slot 1's channel armed it; slot 2's connect must not switch it off
 
 
 # --- the simulated watchdog, on the world's clock ---------------------------------------------------
@@ -730,7 +871,7 @@ def test_sim_a_message_long_after_the_delay_finds_the_output_tripped_at_the_dela
     clock.sleep_until(100.0)
     assert sim.handle("MEAS:CURR? (@1)") == "+0.00000000E+00"  # this message is I/O after the trip, not before
     assert world.stack.charged_Ah == pytest.approx(charged_for(5.0), rel=1e-12)
-    assert sim.latched == 2048
+    assert sim.modules[1].latched == 2048
 
 
 def test_sim_watchdog_does_not_trip_before_its_delay():
@@ -738,7 +879,7 @@ def test_sim_watchdog_does_not_trip_before_its_delay():
     clock.sleep_until(4.999)
     world.sync()
     assert world.stack.current_A == CHARGE_A and world.stack.charged_Ah == pytest.approx(charged_for(4.999), rel=1e-12)
-    assert sim.latched == 0
+    assert sim.modules[1].latched == 0
 
 
 def test_sim_io_keeps_the_watchdog_from_tripping():
@@ -746,7 +887,7 @@ def test_sim_io_keeps_the_watchdog_from_tripping():
     for t in range(4, 101, 4):  # a host that speaks every 4 s: never 5 s of silence
         clock.sleep_until(float(t))
         sim.handle("MEAS:CURR? (@1)")
-    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+    assert sim.modules[1].latched == 0 and world.stack.current_A == CHARGE_A
     clock.sleep_until(200.0)
     world.sync()
     assert world.stack.charged_Ah == pytest.approx(charged_for(105.0), rel=1e-12)  # off at 100 + 5 s
@@ -780,7 +921,7 @@ def test_sim_a_longer_delay_holds_the_trip_off():
     send(sim, "OUTP:PROT:WDOG:DEL 30")
     clock.sleep_until(30.9)
     world.sync()
-    assert sim.latched == 0
+    assert sim.modules[1].latched == 0
     clock.sleep_until(100.0)
     world.sync()
     assert world.stack.charged_Ah == pytest.approx(charged_for(31.0), rel=1e-12)
@@ -792,7 +933,7 @@ def test_sim_the_watchdog_switched_off_does_not_trip():
     send(sim, "OUTP:PROT:WDOG OFF")
     clock.sleep_until(1000.0)
     world.sync()
-    assert sim.latched == 0 and world.stack.charged_Ah == pytest.approx(charged_for(1000.0), rel=1e-12)
+    assert sim.modules[1].latched == 0 and world.stack.charged_Ah == pytest.approx(charged_for(1000.0), rel=1e-12)
     assert sim.handle("OUTP:PROT:WDOG?") == "0"
 
 
@@ -803,7 +944,7 @@ def test_sim_rst_switches_the_watchdog_off_and_its_delay_back_to_60_s():
     drive(sim, world, f"CURR:LIM {CHARGE_A},(@1)", "CURR:LIM:NEG 0,(@1)", "VOLT 4.27,(@1)")
     clock.sleep_until(1000.0)
     world.sync()
-    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+    assert sim.modules[1].latched == 0 and world.stack.current_A == CHARGE_A
 
 
 def test_sim_clearing_a_trip_returns_the_output_to_its_programmed_state():
@@ -811,11 +952,11 @@ def test_sim_clearing_a_trip_returns_the_output_to_its_programmed_state():
     clock.sleep_until(10.0)
     send(sim, "OUTP:PROT:CLE (@1)")  # programmed on: on again (which is why a driver switches it off first)
     world.sync()
-    assert sim.latched == 0 and world.stack.current_A == CHARGE_A
+    assert sim.modules[1].latched == 0 and world.stack.current_A == CHARGE_A
     clock.sleep_until(100.0)
     send(sim, "OUTP OFF,(@1)", "OUTP:PROT:CLE (@1)")  # tripped again at 15 s; cleared once off: it stays off
     world.sync()
-    assert sim.latched == 0 and world.stack.current_A == 0.0
+    assert sim.modules[1].latched == 0 and world.stack.current_A == 0.0
     assert world.stack.charged_Ah == pytest.approx(charged_for(5.0 + 5.0), rel=1e-12)
 
 
@@ -859,13 +1000,13 @@ def restored_after(gap_s: float):
 
 def test_sim_restored_after_a_gap_longer_than_its_delay_has_tripped_at_the_delay():
     fresh, world = restored_after(3600.0)
-    assert fresh.latched == 2048 and world.stack.current_A == 0.0
+    assert fresh.modules[1].latched == 2048 and world.stack.current_A == 0.0
     assert world.stack.charged_Ah == pytest.approx(charged_for(5.0), rel=1e-12)  # on for 5 s of the hour
 
 
 def test_sim_restored_after_a_gap_shorter_than_its_delay_still_charges():
     fresh, world = restored_after(4.0)
-    assert fresh.latched == 0 and world.stack.current_A == CHARGE_A
+    assert fresh.modules[1].latched == 0 and world.stack.current_A == CHARGE_A
 
 
 # --- the driver and the simulator ------------------------------------------------------------------
@@ -899,7 +1040,7 @@ def test_the_driver_charges_discharges_and_rests_the_simulated_cell():
     assert stack.charged_Ah + stack.discharged_Ah == pytest.approx((0.0667 + 0.2) * 60.0 / 3600.0, rel=1e-12)
     supply.check_errors()
     supply.safe_state()
-    assert sim.output_on is False
+    assert sim.modules[3].output_on is False
 
 
 def test_the_driver_reports_the_simulated_over_voltage_trip():
@@ -907,7 +1048,7 @@ def test_the_driver_reports_the_simulated_over_voltage_trip():
     supply.connect()
     supply.set_protection(3.9, 0.462)  # below where the charge is headed
     supply.regulate(3.9, 0.0667, 0.0)
-    sim.ovp_V = 3.7  # as if armed lower by hand at the front panel
+    sim.modules[1].ovp_V = 3.7  # as if armed lower by hand at the front panel
     supply.set_output(True)
     clock.sleep_until(1.0)
     assert supply.output_is_on() is False
@@ -944,7 +1085,7 @@ def test_the_next_host_finds_the_watchdog_trip_clears_it_and_the_output_stays_of
     successor = KeysightN6705c(InProcessTransport(sim, "sim://analyzer"), output=1)
     successor.connect()
     assert (successor.output_found_on, successor.watchdog_trip_found) == (True, True)
-    assert (sim.latched, sim.output_on, sim.watchdog_on) == (0, False, False)
+    assert (sim.modules[1].latched, sim.modules[1].output_on, sim.watchdog_on) == (0, False, False)
     successor.check_errors()  # nothing left latched: the run can go on
     clock.sleep_until(6000.0)
     world.sync()
@@ -955,10 +1096,10 @@ def test_the_safe_state_leaves_the_simulated_watchdog_off_so_a_finished_run_neve
     supply, sim, world, clock = charging_driver()
     clock.sleep_until(10.0)
     supply.safe_state()
-    assert (sim.output_on, sim.watchdog_on) == (False, False)
+    assert (sim.modules[1].output_on, sim.watchdog_on) == (False, False)
     clock.sleep_until(10_000.0)
     world.sync()
-    assert sim.latched == 0
+    assert sim.modules[1].latched == 0
 
 
 # --- runs on the built-in bench -------------------------------------------------------------------
@@ -1086,23 +1227,13 @@ def test_a_drive_whose_instrument_has_no_watchdog_records_none():
     assert dict(drive.arm_watchdog(30.0)) == {"supply": None}
 
 
-@pytest.fixture
-def simulations(monkeypatch) -> list:
-    """Every simulated bench the session builds, in order (the first run's, then a resume's)."""
-    built = []
-    build = session.build_simulation
-    monkeypatch.setattr(session, "build_simulation", lambda *args, **kwargs: built.append(build(*args, **kwargs))
-                        or built[-1])
-    return built
-
-
 class WatchesTheWatchdog(SilentReporter):
     def __init__(self, simulations: list):
         self.simulations, self.seen = simulations, set()
 
     def tick(self, status) -> None:
         analyzer = self.simulations[-1].instruments["analyzer"]
-        self.seen.add((analyzer.watchdog_on, analyzer.watchdog_delay_s, analyzer.latched))
+        self.seen.add((analyzer.watchdog_on, analyzer.watchdog_delay_s, analyzer.modules[1].latched))
 
 
 def test_a_run_keeps_the_watchdog_armed_at_30_s_and_leaves_it_off(run_protocol, simulations):
@@ -1111,7 +1242,7 @@ def test_a_run_keeps_the_watchdog_armed_at_30_s_and_leaves_it_off(run_protocol, 
     assert result.outcome.state == "completed" and result.outcome.outputs_confirmed_off
     assert reporter.seen == {(True, 30.0, 0)}  # every tick: armed, never tripped
     analyzer = result.simulation.instruments["analyzer"]
-    assert (analyzer.output_on, analyzer.watchdog_on, analyzer.latched) == (False, False, 0)
+    assert (analyzer.modules[1].output_on, analyzer.watchdog_on, analyzer.modules[1].latched) == (False, False, 0)
 
 
 # A charge long enough to die in, then a rest.
@@ -1159,11 +1290,11 @@ def test_a_host_that_dies_mid_charge_leaves_the_output_off_from_exactly_its_last
     died_at = die_mid_charge(run_text, monkeypatch)
     world, analyzer = simulations[0].world, simulations[0].instruments["analyzer"]
     charging_A, charged_Ah = world.stack.current_A, world.stack.charged_Ah  # as of the last message
-    assert charging_A == pytest.approx(0.2) and analyzer.output_on and analyzer.watchdog_on
+    assert charging_A == pytest.approx(0.2) and analyzer.modules[1].output_on and analyzer.watchdog_on
     world.clock.sleep_until(died_at + 3600.0)  # nobody speaks to it for an hour
     world.sync()
     assert world.stack.charged_Ah - charged_Ah == pytest.approx(charging_A * 30.0 / 3600.0, rel=1e-9)
-    assert (world.stack.current_A, analyzer.latched) == (0.0, 2048)
+    assert (world.stack.current_A, analyzer.modules[1].latched) == (0.0, 2048)
 
 
 def test_a_run_whose_host_died_resumes_once_the_next_connect_has_cleared_the_watchdog_trip(
@@ -1215,4 +1346,4 @@ def test_a_run_whose_host_died_resumes_once_the_next_connect_has_cleared_the_wat
     samples = assert_continuous(folder)
     assert samples["Step Time / s"].max() == pytest.approx(600.0, abs=1.0)  # the charge finished its 600 s
     final = result.simulation.instruments["analyzer"]
-    assert (final.output_on, final.watchdog_on, final.latched) == (False, False, 0)
+    assert (final.modules[1].output_on, final.watchdog_on, final.modules[1].latched) == (False, False, 0)

@@ -51,34 +51,6 @@ steps:
 STACK_OF = {"stack1": "main", "stack2": "second"}
 
 
-@pytest.fixture
-def simulations(monkeypatch) -> list:
-    """Every simulated bench this process builds, in order (the resume's is the last)."""
-    built = []
-    real = session.build_simulation
-
-    def recording(config, clock):
-        built.append(real(config, clock))
-        return built[-1]
-
-    monkeypatch.setattr(session, "build_simulation", recording)
-    return built
-
-
-@pytest.fixture
-def connections(monkeypatch) -> list[str]:
-    """The resource of every message transport opened (each open is one connection to an instrument)."""
-    opened = []
-    real = session.open_transport
-
-    def counting(resource, *args, **kwargs):
-        opened.append(resource)
-        return real(resource, *args, **kwargs)
-
-    monkeypatch.setattr(session, "open_transport", counting)
-    return opened
-
-
 def run_together_until(tmp_path: Path, ticks: int, protocol: str = "capacity-check", bench: str = "sim-2ch",
                        reporters: dict | None = None) -> dict[str, Path]:
     """stack1 and stack2 run together and are stopped (as by SIGTERM) after `ticks` ticks; channel -> folder."""

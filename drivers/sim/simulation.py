@@ -63,7 +63,8 @@ class SimulationConfig(BaseModel):
     def _wiring_fits_the_stacks(self) -> "SimulationConfig":
         stacks = self.stacks()
         for name, instrument in self.instruments.items():
-            wired = instrument.wiring() if isinstance(instrument, Daq970aSimConfig) else {instrument.stack: None}
+            wired = instrument.wiring() if isinstance(instrument, Daq970aSimConfig) else dict.fromkeys(
+                wired_outputs(instrument).values() or [instrument.stack])
             for stack, wiring in wired.items():
                 if stack not in stacks:
                     raise ValueError(f"instruments.{name}: no simulated stack '{stack}'; stacks: {', '.join(stacks)}")
@@ -87,6 +88,19 @@ class SimulationConfig(BaseModel):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def wired_outputs(instrument) -> dict[int, str]:
+    """Output -> the stack it drives, of a simulated multi-output supply (empty for another instrument)."""
+    if isinstance(instrument, KeysightN6705cSimConfig):
+        return instrument.modules()
+    output = getattr(instrument, "output", None)
+    return {} if output is None else {output: instrument.stack}
+
+
+def driven_stack(instrument, output: int | None) -> str:
+    """The stack a simulated instrument drives, at `output` where it has several."""
+    return wired_outputs(instrument).get(output, instrument.stack)
 
 
 def snapshot_stacks(state: dict) -> dict:
@@ -141,6 +155,9 @@ def build_simulation(config: SimulationConfig, clock: Clock) -> Simulation:
         if isinstance(instrument, Daq970aSimConfig):
             instruments[name] = SimDaq970a(worlds[instrument.stack], name, instrument,
                                            {stack: worlds[stack] for stack in instrument.more_stacks})
+        elif isinstance(instrument, KeysightN6705cSimConfig):
+            instruments[name] = SimKeysightN6705c(worlds[instrument.stack], name, instrument,
+                                                  {stack: worlds[stack] for stack in instrument.more_modules.values()})
         else:
             instruments[name] = TERMINAL_SIMULATORS[type(instrument)](worlds[instrument.stack], name, instrument)
     faults = FaultInjector(config.faults, worlds, instruments,

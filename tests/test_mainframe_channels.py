@@ -1,0 +1,111 @@
+"""Several channels on one multi-slot instrument: sim-n6781a-4ch, four cells on the four N6781A
+modules of one N6705C, each cell a channel with its own run. The slots share one connection, one
+error queue and the mainframe's watchdog, which must stay armed while any cell still runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from support import StopAfter, assert_continuous, events_of
+
+from stackcycler.live import SilentReporter
+from stackcycler.runner import StopRequest
+from stackcycler.session import RunRequest, execute_together, prepare, resume_together
+
+BENCH = "sim-n6781a-4ch"
+CELLS = ("cell1", "cell2", "cell3", "cell4")
+# Each cell a different charge, so that each run's data can be told apart; cell1 ends first.
+CHARGE = """name: charge-{amps}
+record: {{time_s: 1}}
+steps:
+  - {{step: cc, name: charge, current_A: {amps}, until: [{{step_time_s: {seconds}}}]}}
+  - {{step: rest, name: rest, duration_s: 30}}
+"""
+PLANS = {"cell1": (0.05, 60), "cell2": (0.1, 300), "cell3": (0.15, 300), "cell4": (0.2, 300)}
+
+
+def prepared_runs(tmp_path, cells=CELLS) -> list:
+    runs = []
+    for cell in cells:
+        amps, seconds = PLANS[cell]
+        protocol = tmp_path / f"{cell}.yaml"
+        protocol.write_text(CHARGE.format(amps=amps, seconds=seconds))
+        runs.append(prepare(RunRequest(protocol=str(protocol), bench=BENCH, channel=cell, runs_dir=tmp_path / "runs",
+                                       operator="pytest")))
+    return runs
+
+
+class WatchesTheMainframe(SilentReporter):
+    """Notes, at every tick of its channel, whether the mainframe's watchdog is armed."""
+
+    def __init__(self, simulations: list):
+        self.simulations, self.armed_at = simulations, {}
+
+    def tick(self, status) -> None:
+        self.armed_at[status.test_time_s] = self.simulations[-1].instruments["analyzer"].watchdog_on
+
+
+def test_four_cells_on_one_mainframe_run_together_each_on_its_own_slot(tmp_path, simulations, connections):
+    watchers = {cell: WatchesTheMainframe(simulations) for cell in CELLS}
+    results = execute_together(prepared_runs(tmp_path), [watchers[cell] for cell in CELLS])
+    assert [r.outcome.state for r in results] == ["completed"] * 4
+    assert all(r.outcome.outputs_confirmed_off for r in results)
+    assert connections == ["sim://analyzer"]  # one connection for the four slots
+    simulation = simulations[-1]
+    for cell, result in zip(CELLS, results):
+        amps, seconds = PLANS[cell]
+        charge = pd.read_csv(result.outcome.folder / "samples.csv")["Charging Capacity / Ah"].iloc[-1]
+        assert charge == pytest.approx(amps * seconds / 3600, rel=0.01)  # its own current, on its own cell
+        stack = simulation.worlds["main" if cell == "cell1" else cell].stack
+        assert stack.charged_Ah == pytest.approx(charge, rel=1e-3)
+        armed = [e for e in events_of(result.outcome.folder) if e["event"] == "instrument_watchdogs"]
+        assert armed and armed[0]["armed_s"] == {"supply": 30.0}
+    # cell1 ended after 90 s; the other three ran on for minutes, the watchdog armed at every tick
+    assert max(watchers["cell1"].armed_at) < 100
+    later = {t: on for cell in CELLS[1:] for t, on in watchers[cell].armed_at.items() if t > 100}
+    assert len(later) > 200 and all(later.values())
+    analyzer = simulation.instruments["analyzer"]
+    assert analyzer.watchdog_on is False  # the last one switched it off
+    assert [module.output_on for module in analyzer.modules.values()] == [False] * 4
+
+
+class KeepsAnEarlyCheckpoint(SilentReporter):
+    """Copies its run's checkpoint as it stands at test time `t_s` (an early one, from a charge)."""
+
+    def __init__(self, folder_of, t_s: float):
+        self.folder_of, self.t_s, self.copy = folder_of, t_s, None
+
+    def tick(self, status) -> None:
+        if self.copy is None and status.test_time_s >= self.t_s:
+            self.copy = json.loads((self.folder_of() / "checkpoint.json").read_text())
+
+
+def test_two_cells_of_one_mainframe_stopped_together_resume_together(tmp_path, simulations):
+    stop = StopRequest()
+    early = KeepsAnEarlyCheckpoint(lambda: next((tmp_path / "runs").glob("*_cell3")), 60.0)
+    results = execute_together(prepared_runs(tmp_path, ("cell2", "cell3")), [StopAfter(stop, 120), early], stop)
+    assert [r.outcome.state for r in results] == ["interrupted", "interrupted"]
+    folders = [r.outcome.folder for r in results]
+    # cell3 crashed long before cell2: its last checkpoint is an early one, the mainframe's latest is cell2's
+    (folders[1] / "checkpoint.json").write_text(json.dumps(early.copy))
+    then = {"cell2": json.loads((folders[0] / "checkpoint.json").read_text())["simulation"],
+            "cell3": early.copy["simulation"]}
+    assert then["cell2"]["stacks"]["cell3"]["charged_Ah"] > then["cell3"]["stacks"]["cell3"]["charged_Ah"] + 1e-3
+    seen = {}
+
+    def confirm(previews):
+        seen.update({cell: simulations[-1].worlds[cell].stack.charged_Ah for cell in then})
+        return True
+
+    resumed = resume_together(folders, lambda channel: SilentReporter(), confirm)
+    # each cell from its own channel's checkpoint, through the slot wired to it (both slots off since:
+    # the stop's safe state is the mainframe's latest state)
+    assert seen == {cell: pytest.approx(then[cell]["stacks"][cell]["charged_Ah"], abs=1e-12) for cell in then}
+    assert [r.outcome.state for r in resumed] == ["completed", "completed"]
+    for cell, folder in zip(("cell2", "cell3"), folders):
+        samples = assert_continuous(folder)
+        amps, seconds = PLANS[cell]
+        assert samples["Charging Capacity / Ah"].iloc[-1] == pytest.approx(amps * seconds / 3600, rel=0.01)
+    assert simulations[-1].instruments["analyzer"].watchdog_on is False
