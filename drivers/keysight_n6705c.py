@@ -85,7 +85,9 @@ an instrument per slot, on one resource; they share one connection and one `Main
 belongs to the mainframe is done once: the first connect clears the error queue and switches the
 watchdog off; later connects recognise a dead host's trip on their own slot from what the first
 found. The watchdog stays armed while any slot's channel still wants it, at the longest delay
-any of them asked for, and is switched off when the last of them disarms.
+any of them asked for, and is switched off when the last of them disarms. A trip takes every slot
+into protection, those of no channel on this bench too: they are left so, outputs off, and a later
+run on such a slot finds PROT with the watchdog off and is refused, naming OUTP:PROT:CLE.
 
 Connect switches the watchdog off (a previous host's must not trip before this run arms it).
 A latched PROT with no other fault, found while the watchdog is on, is taken as the watchdog's

@@ -5,11 +5,15 @@ error queue and the mainframe's watchdog, which must stay armed while any cell s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
-from support import StopAfter, assert_continuous, events_of
+from support import StopAfter, assert_continuous, cycler, data_rows, events_of
 
+from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
 from stackcycler.session import RunRequest, execute_together, prepare, resume_together
@@ -109,3 +113,45 @@ def test_two_cells_of_one_mainframe_stopped_together_resume_together(tmp_path, s
         amps, seconds = PLANS[cell]
         assert samples["Charging Capacity / Ah"].iloc[-1] == pytest.approx(amps * seconds / 3600, rel=0.01)
     assert simulations[-1].instruments["analyzer"].watchdog_on is False
+
+
+def test_two_cells_killed_with_their_host_are_found_tripped_by_the_watchdog_and_resume(tmp_path, simulations):
+    """SIGKILL: nobody switches the slots off. Over the gap the mainframe's watchdog trips both; the
+    resume's connects find the trip on each slot (the second after the first has switched the
+    watchdog off), clear it with the output off, and both cells go on to the end."""
+    for cell in ("cell1", "cell2"):
+        (tmp_path / f"{cell}.yaml").write_text(CHARGE.format(amps=PLANS["cell2"][0], seconds=600))
+    process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", f"cell1={tmp_path / 'cell1.yaml'}",
+                                f"cell2={tmp_path / 'cell2.yaml'}", "--bench", BENCH, "--speed", "100"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # well into the charge on both cells, a checkpoint since
+            samples = {cell: next((tmp_path / "runs").glob(f"*_{cell}/samples.csv"), None)
+                       for cell in ("cell1", "cell2")} if (tmp_path / "runs").exists() else {}
+            if samples and all(s is not None and len(data_rows(s)) >= 100 for s in samples.values()):
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "the charge did not get going"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    folders = [samples[cell].parent for cell in ("cell1", "cell2")]
+    snapshot = json.loads((folders[0] / "checkpoint.json").read_text())["simulation"]["instruments"]["analyzer"]
+    assert snapshot["watchdog_on"] and snapshot["output_on"] and snapshot["more_modules"]["2"]["output_on"]
+
+    code, output = cycler("resume", *map(str, folders), "--yes", "--speed", "1000", cwd=tmp_path)
+
+    assert code == ExitCode.COMPLETED, output
+    for folder in folders:
+        resumed = next(e for e in events_of(folder) if e["event"] == "resumed")
+        assert resumed["watchdog_trip_found"] is True and resumed["output_found_on"] is True
+        assert resumed["gap_s"] > 30.0  # longer than the watchdog's delay
+        samples = assert_continuous(folder)
+        assert samples["Step Time / s"].max() == pytest.approx(600.0, abs=1.0)  # the charge finished its 600 s
+    analyzer = simulations[-1].instruments["analyzer"]
+    assert analyzer.watchdog_on is False
+    # the slots of the resumed cells cleared; the trip latched the two unused ones too, and those stay
+    # in protection, outputs off, until a connect to them or the front panel clears them (module notes)
+    assert [(module.latched, module.output_on) for module in analyzer.modules.values()] == [(0, False)] * 2 + [
+        (2048, False)] * 2
