@@ -36,19 +36,20 @@ Emulator choices where the sources are silent, each [uncertain]:
 
 The I/O watchdog (commands, range and behaviour from the driver's module notes), on the simulated
 world's clock: every SCPI message that reaches the mainframe is I/O activity. With the watchdog on,
-every module's output trips at the moment last I/O + delay, however long it is until the next message and
-whichever instrument next asks the world for its state (a DAQ read first): the trip is a change
-the world makes at that test time (SimWorld.at), so the stack carries the current up to that
-moment and none after it (each module's check is made in its own stack's world). One check is
-pending at a time per module: when it comes due and there was I/O
-since, it is made again at last I/O + delay; a shorter delay set meanwhile supersedes it. The trip
-latches PROT (2048) with the programmed output state unchanged (OUTP? still reads 1) and no
-current; OUTP:PROT:CLE clears it and the output returns to its programmed state; *RST switches the
-watchdog off (delay 60 s). Emulator choices, each [uncertain]: the commands take no channel list
-(one is refused with -108, parameter not allowed); a delay between whole seconds is rounded to the
-nearest; OUTP:PROT:WDOG:DEL? answers NR3. The watchdog's state and the time of the last I/O are
-part of the snapshot (with the first module's settings beside them, and `more_modules`): a simulation restored after a host crash trips at once if the checkpoint's
-last I/O is longer ago than the delay.
+every module's output trips at the moment last I/O + delay, however long it is until the next
+message and whichever instrument next asks the world for its state (a DAQ read first): the trip is
+a change the world makes at that test time (SimWorld.at), so the stack carries the current up to
+that moment and none after it (each module's check is made in its own stack's world). One check
+is pending at a time per module: when it comes due and there was I/O since, it is made again at
+last I/O + delay; a shorter delay set meanwhile supersedes it. The trip latches PROT (2048) with
+the programmed output state unchanged (OUTP? still reads 1) and no current; OUTP:PROT:CLE clears
+it and the output returns to its programmed state; *RST switches the watchdog off (delay 60 s).
+Emulator choices, each [uncertain]: the commands take no channel list (one is refused with -108,
+parameter not allowed); a delay between whole seconds is rounded to the nearest;
+OUTP:PROT:WDOG:DEL? answers NR3. The watchdog's state and the time of the last I/O are part of the
+snapshot (beside the first module's settings, the further modules' under `more_modules`): a
+simulation restored after a host crash trips at once if the checkpoint's last I/O is longer ago
+than the delay.
 """
 
 from __future__ import annotations
@@ -461,7 +462,8 @@ class SimKeysightN6705c(ScpiInstrument):
     def _watchdog_delay(self, args):
         (text,) = args
         low, high = WATCHDOG_DELAYS_S
-        self.watchdog_delay_s = float(round(self.number(text, low, high, units=("S",))))  # a shorter one: see N6781aModule.watch
+        # a shorter delay than one pending: see N6781aModule.watch
+        self.watchdog_delay_s = float(round(self.number(text, low, high, units=("S",))))
 
     @scpi("OUTPut:PROTection:WDOG:DELay?", nargs=(0, 1))
     def _watchdog_delay_q(self, args):

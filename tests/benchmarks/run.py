@@ -309,7 +309,10 @@ def runner_ticks_per_s(overrides: dict[str, float]) -> tuple[float, int]:
         return ticks / elapsed, ticks
 
 
-def protocol_replies() -> tuple[str, tuple[float, ...], tuple[float, float, float], Callable[[float, float, float], str]]:
+Formatter = Callable[[float, float, float], str]
+
+
+def protocol_replies() -> tuple[str, tuple[float, ...], tuple[float, float, float], Formatter]:
     """The default bench's DAQ970A READ? format (the simulator's template) and readings, and its EA
     PSB's MEAS:ARR? values and formatter, as the simulators have them after one real tick."""
     bench = load_bench("sim")
@@ -402,7 +405,8 @@ def life_test(sizes: Sizes) -> dict:
     results = {"cycles": sizes.life_cycles, "ours_s_per_cycle": summarise(ours),
                "ours_ticks_per_s": summarise(ours_rate), "pybamm": note}
     if theirs:
-        results |= {"pybamm_s_per_cycle": summarise(theirs), "pybamm_us_per_output_point": summarise(their_us_per_point),
+        results |= {"pybamm_s_per_cycle": summarise(theirs),
+                    "pybamm_us_per_output_point": summarise(their_us_per_point),
                     "ours_over_pybamm": summarise([a / b for a, b in zip(ours, theirs)])}
     return results
 
