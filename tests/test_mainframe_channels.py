@@ -30,13 +30,13 @@ steps:
 PLANS = {"cell1": (0.05, 60), "cell2": (0.1, 300), "cell3": (0.15, 300), "cell4": (0.2, 300)}
 
 
-def prepared_runs(tmp_path, cells=CELLS) -> list:
+def prepared_runs(tmp_path, cells=CELLS, bench: str = BENCH) -> list:
     runs = []
     for cell in cells:
         amps, seconds = PLANS[cell]
         protocol = tmp_path / f"{cell}.yaml"
         protocol.write_text(CHARGE.format(amps=amps, seconds=seconds))
-        runs.append(prepare(RunRequest(protocol=str(protocol), bench=BENCH, channel=cell, runs_dir=tmp_path / "runs",
+        runs.append(prepare(RunRequest(protocol=str(protocol), bench=bench, channel=cell, runs_dir=tmp_path / "runs",
                                        operator="pytest")))
     return runs
 
@@ -155,3 +155,26 @@ def test_two_cells_killed_with_their_host_are_found_tripped_by_the_watchdog_and_
     # in protection, outputs off, until a connect to them or the front panel clears them (module notes)
     assert [(module.latched, module.output_on) for module in analyzer.modules.values()] == [(0, False)] * 2 + [
         (2048, False)] * 2
+
+
+def test_a_mainframe_gone_deaf_faults_its_cells_and_its_watchdog_switches_them_off(tmp_path, simulations):
+    """The one thing the cells share fails: every channel on it faults, none can switch its slot
+    off, and the mainframe's own watchdog does it once the host has been silent for its delay."""
+    bench = tmp_path / "deaf.yaml"
+    bench.write_text(f"extends: {BENCH}\nname: deaf\nsimulation:\n  faults:\n"
+                     "    - {at_s: 100, instrument: analyzer, kind: no_reply}\n")
+    results = execute_together(prepared_runs(tmp_path, ("cell2", "cell3"), bench=str(bench)),
+                               [SilentReporter(), SilentReporter()])
+    assert [(r.outcome.state, r.outcome.exit_code) for r in results] == [("faulted", ExitCode.INSTRUMENT_FAULT)] * 2
+    assert not any(r.outcome.outputs_confirmed_off for r in results)
+    simulation = simulations[-1]
+    analyzer = simulation.instruments["analyzer"]
+    assert [analyzer.modules[slot].latched for slot in (2, 3)] == [2048] * 2
+    # the watchdog switched both off 30 s after the last message the mainframe heard, before the
+    # host had given up retrying: each cell charged at its own current from 0 s until exactly then
+    tripped_at = analyzer.last_io_s + 30.0
+    assert max(r.end_test_time_s for r in results) > tripped_at
+    for cell in ("cell2", "cell3"):
+        stack = simulation.worlds[cell].stack
+        assert stack.current_A == 0.0
+        assert stack.charged_Ah == pytest.approx(PLANS[cell][0] * tripped_at / 3600, rel=1e-3)
