@@ -237,7 +237,7 @@ class SharedConnection:
             self._transport.close()
 
     def close_now(self) -> None:
-        """Closed whoever still uses it (when opening the bench failed part way)."""
+        """Close it for every user at once (opening the bench failed part way through)."""
         self._users = 0
         self._transport.close()
 
