@@ -108,6 +108,25 @@ def wait_for_rows(samples: Path, rows: int, process: subprocess.Popen, timeout_s
     return True
 
 
+def killed_once_logging(cwd: Path, process: subprocess.Popen, channels: tuple[str, ...], rows: int,
+                        timeout_s: float = 120.0) -> dict[str, Path]:
+    """SIGKILL `process` (a `cycler run` of several channels in `cwd`) once each channel's run has
+    logged `rows` rows; channel -> its run folder."""
+    runs = cwd / "runs"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            samples = {channel: next(runs.glob(f"*_{channel}/samples.csv"), None) for channel in channels}
+            if runs.exists() and all(s is not None and len(data_rows(s)) >= rows for s in samples.values()):
+                return {channel: path.parent for channel, path in samples.items()}
+            assert process.poll() is None, "the run ended before it had logged enough"
+            assert time.monotonic() < deadline, f"the channels did not log {rows} rows within {timeout_s:.0f} s"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def assert_continuous(folder) -> pd.DataFrame:
     """One unbroken record: indices 1..N, time never going back, counters never going back."""
     samples = pd.read_csv(Path(folder) / "samples.csv")

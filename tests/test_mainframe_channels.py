@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 import pytest
-from support import StopAfter, assert_continuous, cycler, data_rows, events_of
+from support import StopAfter, assert_continuous, cycler, events_of, killed_once_logging
 
 from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
@@ -124,22 +124,11 @@ def test_two_cells_killed_with_their_host_are_found_tripped_by_the_watchdog_and_
     process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", f"cell1={tmp_path / 'cell1.yaml'}",
                                 f"cell2={tmp_path / 'cell2.yaml'}", "--bench", BENCH, "--speed", "100"],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # well into the charge on both cells, a checkpoint since
-            samples = {cell: next((tmp_path / "runs").glob(f"*_{cell}/samples.csv"), None)
-                       for cell in ("cell1", "cell2")} if (tmp_path / "runs").exists() else {}
-            if samples and all(s is not None and len(data_rows(s)) >= 100 for s in samples.values()):
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "the charge did not get going"
-            time.sleep(0.05)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-    folders = [samples[cell].parent for cell in ("cell1", "cell2")]
+    folders = list(killed_once_logging(tmp_path, process, ("cell1", "cell2"), 100).values())  # well into the charge
     snapshot = json.loads((folders[0] / "checkpoint.json").read_text())["simulation"]["instruments"]["analyzer"]
     assert snapshot["watchdog_on"] and snapshot["output_on"] and snapshot["more_modules"]["2"]["output_on"]
 
+    time.sleep(0.1)  # at the resume's 1000x, the gap since the checkpoints is then >= 100 s: past the watchdog's 30 s
     code, output = cycler("resume", *map(str, folders), "--yes", "--speed", "1000", cwd=tmp_path)
 
     assert code == ExitCode.COMPLETED, output

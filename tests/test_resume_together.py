@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import QUICK, StopAfter, assert_continuous, cycler, data_rows, events_of
+from support import QUICK, StopAfter, assert_continuous, cycler, events_of, killed_once_logging
 
 from stackcycler import session
 from stackcycler.errors import ExitCode, InvalidInput
@@ -93,19 +93,7 @@ def test_two_channels_killed_together_resume_together_and_complete(tmp_path, sim
     process = subprocess.Popen([sys.executable, "-m", "stackcycler", "run", str(protocol), "--bench", "sim-2ch",
                                 "--channel", "all", "--speed", "100"],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # into the second cycle on both channels (a cycle is about 60 rows)
-            samples = {channel: next((tmp_path / "runs").glob(f"*_{channel}/samples.csv"), None)
-                       for channel in ("stack1", "stack2")} if (tmp_path / "runs").exists() else {}
-            if samples and all(s is not None and len(data_rows(s)) >= 90 for s in samples.values()):
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "the run did not get into its 2nd cycle"
-            time.sleep(0.05)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-    folders = {channel: path.parent for channel, path in samples.items()}
+    folders = killed_once_logging(tmp_path, process, ("stack1", "stack2"), 90)  # into the 2nd cycle (~60 rows each)
     checkpoints = {channel: json.loads((folder / "checkpoint.json").read_text()) for channel, folder in folders.items()}
     assert all(checkpoint["cycle_count"] >= 2 for checkpoint in checkpoints.values())
 
