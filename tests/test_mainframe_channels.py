@@ -11,8 +11,14 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 from support import StopAfter, assert_continuous, cycler, events_of, killed_once_logging
 
+from stackcycler.bench import load_bench
+from stackcycler.cli import served_bench_text
+from stackcycler.clock import WallClock
+from stackcycler.drivers.sim.serve import SimulationServer
+from stackcycler.drivers.sim.simulation import build_simulation
 from stackcycler.errors import ExitCode
 from stackcycler.live import SilentReporter
 from stackcycler.runner import StopRequest
@@ -167,3 +173,28 @@ def test_a_mainframe_gone_deaf_faults_its_cells_and_its_watchdog_switches_them_o
         stack = simulation.worlds[cell].stack
         assert stack.current_A == 0.0
         assert stack.charged_Ah == pytest.approx(PLANS[cell][0] * tripped_at / 3600, rel=1e-3)
+
+
+def test_two_cells_of_a_served_mainframe_run_together_over_one_tcp_connection(tmp_path, monkeypatch, connections):
+    """As a LAN mainframe: the served bench lists the one TCP resource twice; pyvisa opens it once."""
+    monkeypatch.setenv("CYCLER_LOCK_DIR", str(tmp_path / "locks"))
+    loaded = load_bench(BENCH)
+    with SimulationServer(build_simulation(loaded.config.simulation, WallClock())) as server:
+        served = yaml.safe_load(served_bench_text(loaded, server.resources()))
+        for channel in served["channels"].values():
+            channel["tick_s"] = 0.25
+        path = tmp_path / "served.yaml"
+        path.write_text(yaml.safe_dump(served, sort_keys=False))
+        protocol = tmp_path / "short.yaml"
+        protocol.write_text(CHARGE.format(amps=0.1, seconds=1).replace("duration_s: 30", "duration_s: 0.5"))
+        runs = [prepare(RunRequest(protocol=str(protocol), bench=str(path), channel=cell, runs_dir=tmp_path / "runs",
+                                   operator="pytest")) for cell in ("cell1", "cell2")]
+        results = execute_together(runs, [SilentReporter(), SilentReporter()])
+        assert [(r.outcome.state, r.outcome.outputs_confirmed_off) for r in results] == [("completed", True)] * 2
+        analyzer = server.simulation.instruments["analyzer"]
+        assert connections == [server.resources()["analyzer"]]  # one VISA session for both slots
+        assert analyzer.watchdog_on is False and not any(m.output_on for m in analyzer.modules.values())
+        for cell in ("cell1", "cell2"):
+            stack = server.simulation.worlds["main" if cell == "cell1" else cell].stack
+            assert stack.charged_Ah == pytest.approx(0.1 * 1.0 / 3600, rel=0.3)  # its own slot charged it
+        assert [server.simulation.worlds[cell].stack.charged_Ah for cell in ("cell3", "cell4")] == [0.0, 0.0]
