@@ -34,6 +34,7 @@ steps:
   - {{step: rest, name: rest, duration_s: 30}}
 """
 PLANS = {"cell1": (0.05, 60), "cell2": (0.1, 300), "cell3": (0.15, 300), "cell4": (0.2, 300)}
+STACK_OF = {"cell1": "main", "cell2": "cell2", "cell3": "cell3", "cell4": "cell4"}  # the simulated cell of each
 
 
 def prepared_runs(tmp_path, cells=CELLS, bench: str = BENCH) -> list:
@@ -68,7 +69,7 @@ def test_four_cells_on_one_mainframe_run_together_each_on_its_own_slot(tmp_path,
         amps, seconds = PLANS[cell]
         charge = pd.read_csv(result.outcome.folder / "samples.csv")["Charging Capacity / Ah"].iloc[-1]
         assert charge == pytest.approx(amps * seconds / 3600, rel=0.01)  # its own current, on its own cell
-        stack = simulation.worlds["main" if cell == "cell1" else cell].stack
+        stack = simulation.worlds[STACK_OF[cell]].stack
         assert stack.charged_Ah == pytest.approx(charge, rel=1e-3)
         armed = [e for e in events_of(result.outcome.folder) if e["event"] == "instrument_watchdogs"]
         assert armed and armed[0]["armed_s"] == {"supply": 30.0}
@@ -195,6 +196,6 @@ def test_two_cells_of_a_served_mainframe_run_together_over_one_tcp_connection(tm
         assert connections == [server.resources()["analyzer"]]  # one VISA session for both slots
         assert analyzer.watchdog_on is False and not any(m.output_on for m in analyzer.modules.values())
         for cell in ("cell1", "cell2"):
-            stack = server.simulation.worlds["main" if cell == "cell1" else cell].stack
+            stack = server.simulation.worlds[STACK_OF[cell]].stack
             assert stack.charged_Ah == pytest.approx(0.1 * 1.0 / 3600, rel=0.3)  # its own slot charged it
         assert [server.simulation.worlds[cell].stack.charged_Ah for cell in ("cell3", "cell4")] == [0.0, 0.0]
