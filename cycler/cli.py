@@ -667,8 +667,9 @@ def served_bench_text(bench, resources: dict[str, str]) -> str:
     data = {key: value for key, value in bench.resolved.items() if key not in ("simulation", "extends")}
     data["name"] = f"{bench.config.name}-served"
     data["description"] = f"{bench.config.name}'s simulated instruments, served over TCP by `cycler sim serve`"
-    served = {name: resources[spec["resource"].removeprefix(SIM_SCHEME)] for name, spec in data["instruments"].items()}
-    data["instruments"] = {name: {**spec, "resource": served[name]} for name, spec in data["instruments"].items()}
+    # several entries may name one simulated instrument (the slots of a mainframe): each its resource
+    data["instruments"] = {name: {**spec, "resource": resources[spec["resource"].removeprefix(SIM_SCHEME)]}
+                           for name, spec in data["instruments"].items()}
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..keysight_n6705c import (LIMIT_NEGATIVE, LIMIT_POSITIVE, MAX_OVER_VOLTAGE_V, MODULE, PROTECTION, RANGES, SLOTS,
                                WATCHDOG_DELAYS_S, VoltageRange)
 from .scpi import ScpiError, ScpiInstrument, scpi
-from .world import SimWorld
+from .world import KeepsSettings, SimWorld
 
 OVER_VOLTAGE = 1  # STAT:QUES:COND? bits this simulator latches
 OVER_CURRENT = 2
@@ -108,7 +108,7 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-class N6781aModule:
+class N6781aModule(KeepsSettings):
     """One N6781A in a mainframe slot, wired to a stack: its settings, output, protection and
     physics (the module notes), and its own pending check of the mainframe's watchdog."""
 
@@ -145,13 +145,8 @@ class N6781aModule:
         self.negative_limit_A = -RANGES[-1].current_A
         self.tracking = True
 
-    def snapshot(self) -> dict:
-        return {name: getattr(self, name) for name in self._STATE}
-
     def restore(self, state: dict) -> None:
-        for name in self._STATE:
-            setattr(self, name, state[name])
-        self.world.settings_changed()  # the current settles to the restored settings at the next sync
+        super().restore(state)
         self._check_at = None
         self._check_generation += 1
 
@@ -227,7 +222,7 @@ class N6781aModule:
                 self.source_A + c.current_noise_A * self._rng.standard_normal())
 
 
-class SimKeysightN6705c(ScpiInstrument):
+class SimKeysightN6705c(KeepsSettings, ScpiInstrument):
     """The mainframe: identity, error queue and I/O watchdog; `modules`: slot -> its N6781A."""
 
     _STATE = ("watchdog_on", "watchdog_delay_s", "last_io_s")
@@ -271,14 +266,13 @@ class SimKeysightN6705c(ScpiInstrument):
     def snapshot(self) -> dict:
         """The mainframe's state with the first module's settings beside it (as with one module)
         and the further modules' under `more_modules`."""
-        state = {name: getattr(self, name) for name in self._STATE} | self.modules[self.config.output].snapshot()
+        state = super().snapshot() | self.modules[self.config.output].snapshot()
         if self.config.more_modules:
             state["more_modules"] = {str(slot): self.modules[slot].snapshot() for slot in self.config.more_modules}
         return state
 
     def restore(self, state: dict) -> None:
-        for name in self._STATE:
-            setattr(self, name, state[name])
+        super().restore(state)
         self.modules[self.config.output].restore(state)
         for slot, module_state in state.get("more_modules", {}).items():
             self.modules[int(slot)].restore(module_state)
